@@ -1,0 +1,106 @@
+"""The bridge from transformers' Trainer to ModelForge's events and records.
+
+A ``TrainerCallback`` turns the trainer's logs into typed events (step, eval, checkpoint),
+stores the metric curves, beats the run's heartbeat, and carries the user's stop request into
+the trainer: ``should_training_stop`` plus ``should_save``, so stopping keeps a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+
+from transformers import TrainerCallback
+
+from core.events import EventLog
+from core.records import RecordStore
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+def memory_in_use_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+class EventCallback(TrainerCallback):
+    def __init__(self, events: EventLog, store: RecordStore, run_id: str, stop_event: threading.Event):
+        self.events = events
+        self.store = store
+        self.run_id = run_id
+        self.stop_event = stop_event
+        self.step = 0
+        self.total = 0
+        self.t0 = time.time()
+        self.last_beat = 0.0
+        self.last_tokens: tuple[float, float] | None = None  # (time, tokens seen)
+        self.last_checkpoint: str | None = None
+        self.nan_loss = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.total = state.max_steps
+        self.t0 = time.time()
+        self.step = state.global_step
+        self.store.heartbeat(self.run_id, step=state.global_step, total=state.max_steps)
+        self.events.emit("log", step=state.global_step, total_steps=self.total,
+                         message=f"training for {self.total} steps")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        now = time.time()
+        if now - self.last_beat > HEARTBEAT_EVERY_S:
+            self.last_beat = now
+            self.store.heartbeat(self.run_id, step=state.global_step)
+        if self.stop_event.is_set():
+            control.should_training_stop = True
+            control.should_save = True  # graceful stop keeps a checkpoint to resume from
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        step = state.global_step
+        if any(k.startswith("eval_") for k in logs):
+            return  # reported by on_evaluate
+        if "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        if math.isnan(loss) or math.isinf(loss):
+            self.nan_loss = True
+            control.should_training_stop = True
+        now = time.time()
+        tokens = logs.get("num_tokens") or logs.get("num_input_tokens_seen")
+        tps = None
+        if tokens is not None:
+            if self.last_tokens is not None and now > self.last_tokens[0]:
+                tps = (float(tokens) - self.last_tokens[1]) / (now - self.last_tokens[0])
+            self.last_tokens = (now, float(tokens))
+        elapsed = now - self.t0
+        done = max(step, 1)
+        eta = elapsed / done * max(self.total - step, 0) if self.total else None
+        values = {"loss": loss, "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                  "tokens_per_second": tps, "memory_mb": memory_in_use_mb(), "epoch": logs.get("epoch")}
+        values = {k: (float(v) if v is not None else None) for k, v in values.items()}
+        self.store.add_metrics(self.run_id, step, {k: v for k, v in values.items() if v is not None})
+        self.events.emit("step", step=step, total_steps=self.total, eta_s=eta, elapsed_s=elapsed, **values)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = dict(metrics or {})
+        if "eval_loss" not in metrics:
+            return
+        eval_loss = float(metrics["eval_loss"])
+        values = {"eval_loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50))}
+        self.store.add_metrics(self.run_id, state.global_step, values)
+        self.events.emit("eval", step=state.global_step, total_steps=self.total, **values)
+
+    def on_save(self, args, state, control, **kwargs):
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self.last_checkpoint = path
+        self.events.emit("checkpoint", step=state.global_step, total_steps=self.total, path=path)

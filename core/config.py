@@ -1,0 +1,415 @@
+"""The run configuration: one typed dataclass that is the single source of truth.
+
+The CLI flags (``modelforge train --lora-r 16``), the YAML files and the app's Configure
+form are all generated from :class:`RunConfig`'s fields and their ``metadata``:
+
+- ``help``: the text shown by ``--help``, the YAML comments and the form.
+- ``section``: which group of the form (and of ``--help``) the field belongs to.
+- ``choices``: allowed values, checked by :func:`validate_config`.
+- ``min`` / ``max``: numeric bounds, checked by :func:`validate_config`.
+
+A saved run records the whole config (``config.yaml`` in the run folder and the ``config``
+column of its record), so any result can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError, Problem
+
+TASKS = ("text-generation", "summarization", "extractive-qa")
+STRATEGIES = ("sft", "qlora", "dpo", "rlhf", "orpo", "kto")
+PROVIDERS = ("huggingface", "unsloth")
+DATA_FORMATS = (
+    "auto",
+    "alpaca",
+    "sharegpt",
+    "messages",
+    "prompt-completion",
+    "text",
+    "input-output",
+    "preference",
+    "sharegpt-preference",
+    "summarization",
+    "squad",
+)
+QUANTIZATION = ("none", "4bit", "8bit")
+PRECISION = ("auto", "bf16", "fp16", "fp32")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+LOSS_ON = ("completion", "all")
+
+# Names safe as folder names: no path separators, no "..", no control characters.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _f(default: Any, help: str, section: str, **extra: Any) -> Any:
+    """A dataclass field with its help text and form section in ``metadata``."""
+    meta = {"help": help, "section": section, **extra}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one fine-tuning run."""
+
+    # --- model -----------------------------------------------------------------------
+    model: str = _f(
+        "demo",
+        "Base model: 'demo' (a tiny model built offline), a local folder, or a Hugging Face "
+        "hub id such as 'Qwen/Qwen2.5-0.5B-Instruct' (needs network the first time).",
+        "model",
+    )
+    provider: str = _f("huggingface", "Loading/training back-end.", "model", choices=PROVIDERS)
+    strategy: str = _f(
+        "sft", "Training strategy. 'qlora' is SFT with LoRA on a 4-bit base.", "model",
+        choices=STRATEGIES,
+    )
+    task: str = _f("text-generation", "What the model should learn to do.", "model", choices=TASKS)
+    trust_remote_code: bool = _f(
+        False,
+        "Run Python code shipped with a hub model. Off by default: only turn on for models "
+        "you trust.",
+        "model",
+    )
+    # --- data ------------------------------------------------------------------------
+    dataset: str = _f(
+        "",
+        "Training data: a .json, .jsonl, .csv or .parquet file (or a hub dataset id when "
+        "online).",
+        "data",
+    )
+    dataset_format: str = _f(
+        "auto", "Format of the data; 'auto' detects it from the columns.", "data",
+        choices=DATA_FORMATS,
+    )
+    column_map: dict = _f(
+        {},
+        "Rename columns before detection, e.g. {question: instruction, answer: output}. "
+        "CLI: --column-map question=instruction,answer=output",
+        "data",
+    )
+    template_vars: dict = _f(
+        {"name": "Forge", "author": "ModelForge"},
+        "Values substituted for {{placeholders}} in the data (the identity demo uses "
+        "{{name}} and {{author}}). CLI: --template-vars name=Ada,author=Me",
+        "data",
+    )
+    system_prompt: str = _f(
+        "", "System message added to every conversation that has none (empty: none).", "data"
+    )
+    validation_split: float = _f(
+        0.1,
+        "Share of rows held out for evaluation (0 disables evaluation). 0.1 is a good "
+        "default; tiny data sets may want 0.",
+        "data", min=0.0, max=0.5,
+    )
+    max_samples: int = _f(0, "Use at most this many rows (0: all). Handy for quick trials.", "data", min=0)
+    # --- LoRA / quantisation ---------------------------------------------------------------
+    lora_r: int = _f(8, "LoRA rank. Higher: better fit, more memory.", "lora", min=1, max=1024)
+    lora_alpha: int = _f(16, "LoRA scaling (alpha). Usually 2x the rank.", "lora", min=1)
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA path; 0 for tiny data.", "lora", min=0.0, max=0.9)
+    lora_target_modules: str = _f(
+        "all-linear",
+        "Which layers get adapters: 'all-linear' (best quality) or a comma list such as "
+        "'q_proj,v_proj' (less memory).",
+        "lora",
+    )
+    quantization: str = _f(
+        "none", "Load the base in 4-bit (QLoRA) or 8-bit to save memory.", "lora",
+        choices=QUANTIZATION,
+    )
+    # --- training ----------------------------------------------------------------------------
+    num_epochs: float = _f(3.0, "Passes over the training data (ignored when max_steps > 0).", "training", min=0.0)
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: use num_epochs).", "training", min=0)
+    learning_rate: float = _f(
+        2e-4, "Peak learning rate. 1e-4..3e-4 suits LoRA on real models; the demo likes 1e-3.",
+        "training", min=0.0, max=1.0,
+    )
+    lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.", "training", choices=SCHEDULERS)
+    warmup_steps: int = _f(0, "Steps of linear warm-up.", "training", min=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", "training", min=0.0, max=1.0)
+    batch_size: int = _f(4, "Examples per device per step. Lower it if you run out of memory.", "training", min=1)
+    gradient_accumulation_steps: int = _f(
+        1, "Steps whose gradients add up before an update: same effective batch, less memory.",
+        "training", min=1,
+    )
+    max_length: int = _f(
+        512, "Longest sequence in tokens; longer examples are truncated. More: more memory.",
+        "training", min=16,
+    )
+    packing: bool = _f(
+        False, "Pack several short examples into one sequence: less padding, faster.", "training"
+    )
+    loss_on: str = _f(
+        "completion",
+        "Train on the answer only ('completion', the usual choice) or on the whole text ('all').",
+        "training", choices=LOSS_ON,
+    )
+    gradient_checkpointing: bool = _f(
+        False, "Recompute activations in the backward pass: much less memory, ~30% slower.", "training"
+    )
+    precision: str = _f(
+        "auto", "Numeric precision; 'auto' uses bf16 where the device supports it.", "training",
+        choices=PRECISION,
+    )
+    seed: int = _f(42, "Random seed for shuffling, splitting and initialisation.", "training")
+    # --- evaluation / checkpoints ----------------------------------------------------------------
+    logging_steps: int = _f(5, "Log the training loss every N steps.", "evaluation", min=1)
+    eval_steps: int = _f(
+        0, "Evaluate every N steps (0: once per epoch and at the end).", "evaluation", min=0
+    )
+    save_steps: int = _f(
+        100, "Save a checkpoint every N steps (stop and resume use them).", "evaluation", min=1
+    )
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints.", "evaluation", min=1)
+    # --- output ----------------------------------------------------------------------------------
+    name: str = _f(
+        "", "Name of the run and of the model it makes (letters, digits, . _ -). Empty: automatic.",
+        "output",
+    )
+    output_dir: str = _f(
+        "", "Where the run folder goes. Empty: MODELFORGE_HOME/runs/<run id>.", "output"
+    )
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "RunConfig":
+        """Build from a mapping, rejecting unknown keys and wrong types (all at once).
+
+        Raises:
+            ConfigError: listing every unknown key and every value of the wrong type.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}.")
+        problems: list[Problem] = []
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                close = [k for k in known if k.replace("_", "") == str(key).replace("_", "").replace("-", "")]
+                hint = f"did you mean '{close[0]}'?" if close else "remove it; see `modelforge train --help` for the fields"
+                problems.append(Problem(f"unknown field '{key}'", hint, file=source, field=str(key)))
+                continue
+            try:
+                kwargs[key] = coerce(known[key], value)
+            except ValueError as exc:
+                problems.append(Problem(str(exc), f"give {key} a {_type_name(known[key])}", file=source, field=key))
+        if problems:
+            raise ConfigError(f"{source} has {len(problems)} problem(s).", problems=problems)
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The fields of RunConfig in declaration order (what the CLI and the form iterate)."""
+    return list(fields(RunConfig))
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    return {"str": "text value", "int": "whole number", "float": "number", "bool": "true/false",
+            "dict": "mapping"}.get(t, t)
+
+
+def parse_mapping(text: str) -> dict:
+    """Parse ``a=b,c=d`` (the CLI form of a mapping field) into a dict."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ValueError(f"'{part}' is not key=value")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert ``value`` to the type of field ``f`` (from YAML, CLI text or a form).
+
+    Raises:
+        ValueError: with a message naming the field and the bad value.
+    """
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    name = f.name
+    try:
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if t == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if t == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t == "dict":
+            if value is None or value == "":
+                return {}
+            if isinstance(value, str):
+                return parse_mapping(value)
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+            raise ValueError
+        if t == "str":
+            if value is None:
+                return ""
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a {_type_name(f)}") from None
+    return value
+
+
+def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem]:
+    """Return every problem with ``config`` (empty list: valid). Never raises.
+
+    Args:
+        config: the run configuration.
+        check_paths: also check that the dataset file exists (off for a form being edited).
+    """
+    problems: list[Problem] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            problems.append(Problem(
+                f"'{value}' is not one of: {', '.join(meta['choices'])}",
+                f"set {f.name} to one of the listed values", field=f.name))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if "min" in meta and value < meta["min"]:
+                problems.append(Problem(f"{value} is below the minimum {meta['min']}",
+                                        f"use a value >= {meta['min']}", field=f.name))
+            if "max" in meta and value > meta["max"]:
+                problems.append(Problem(f"{value} is above the maximum {meta['max']}",
+                                        f"use a value <= {meta['max']}", field=f.name))
+    if not config.model.strip():
+        problems.append(Problem("no base model given", "use 'demo', a local folder or a hub id", field="model"))
+    if not config.dataset.strip():
+        problems.append(Problem("no dataset given", "pass --dataset PATH (json, jsonl, csv or parquet)", field="dataset"))
+    elif check_paths and _looks_like_path(config.dataset) and not Path(config.dataset).expanduser().exists():
+        problems.append(Problem(f"file not found: {config.dataset}", "check the path", field="dataset"))
+    if config.max_steps == 0 and config.num_epochs <= 0:
+        problems.append(Problem("neither max_steps nor num_epochs is positive",
+                                "set max_steps > 0 or num_epochs > 0", field="num_epochs"))
+    if config.name and not _SAFE_NAME.match(config.name):
+        problems.append(Problem(
+            f"name {config.name[:80]!r} is not allowed",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            field="name"))
+    if config.strategy == "qlora" and config.quantization == "8bit":
+        problems.append(Problem("qlora means a 4-bit base; 8-bit contradicts it",
+                                "use strategy sft with quantization 8bit, or quantization 4bit",
+                                field="quantization"))
+    if not config.lora_target_modules.strip():
+        problems.append(Problem("no LoRA target modules", "use 'all-linear'", field="lora_target_modules"))
+    # Which strategies fit which task is declared by the strategies themselves.
+    from core.strategies.registry import task_problems
+
+    problems += task_problems(config)
+    return problems
+
+
+def _looks_like_path(text: str) -> bool:
+    """A hub dataset id is 'org/name' with no extension; anything else is a local path."""
+    p = text.strip()
+    return p.startswith((".", "/", "~")) or Path(p).suffix.lower() in (".json", ".jsonl", ".csv", ".parquet") or Path(p).exists()
+
+
+def check_config(config: RunConfig, check_paths: bool = True) -> RunConfig:
+    """Validate and return ``config``.
+
+    Raises:
+        ConfigError: listing every problem at once.
+    """
+    errors = [p for p in validate_config(config, check_paths) if p.severity == "error"]
+    if errors:
+        raise ConfigError(f"The run configuration has {len(errors)} problem(s).", problems=errors)
+    return config
+
+
+# -- YAML -------------------------------------------------------------------------------------------
+def to_yaml(config: RunConfig) -> str:
+    """Serialise with each section headed by a comment, so a saved file documents itself."""
+    import yaml
+
+    lines = ["# ModelForge run configuration (modelforge train --config THIS_FILE)"]
+    section = None
+    for f in fields(config):
+        if f.metadata["section"] != section:
+            section = f.metadata["section"]
+            lines.append(f"\n# --- {section} ---")
+        dumped = yaml.safe_dump({f.name: getattr(config, f.name)}, default_flow_style=True,
+                                sort_keys=False, allow_unicode=True, width=10_000).strip()
+        if dumped.startswith("{") and dumped.endswith("}"):
+            dumped = dumped[1:-1]
+        lines.append(dumped)
+    return "\n".join(lines) + "\n"
+
+
+def from_yaml(text: str, source: str = "config.yaml") -> RunConfig:
+    """Parse YAML text into a RunConfig.
+
+    Raises:
+        ConfigError: for YAML syntax errors (with the line), unknown keys or wrong types.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise ConfigError(
+            f"{source} is not valid YAML",
+            problems=[Problem(str(getattr(exc, "problem", exc)), "fix the YAML syntax",
+                              file=source, line=None if line is None else line + 1)],
+        ) from None
+    if data is None:
+        data = {}
+    return RunConfig.from_dict(data, source=source)
+
+
+def load_yaml(path: str | Path) -> RunConfig:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}", "check the path given to --config")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text", "save the config as UTF-8 YAML") from None
+    config = from_yaml(text, source=str(p))
+    # A relative dataset path in a config file is relative to that file (so presets work from anywhere).
+    ds = config.dataset.strip()
+    if ds and not Path(ds).expanduser().is_absolute() and (p.parent / ds).exists():
+        config = config.replace(dataset=str((p.parent / ds).resolve()))
+    return config
+
+
+def save_yaml(config: RunConfig, path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(to_yaml(config), encoding="utf-8")
+    tmp.replace(p)  # atomic: a crash never leaves half a config
+    return p

@@ -1,0 +1,388 @@
+"""Check a data file against what a task and strategy need, before any training starts.
+
+Training a model for an hour and then failing on row 40,312 is the worst way to learn that
+the data is wrong. :func:`validate_file` reads, detects, normalises and measures the data and
+returns one :class:`ValidationReport` holding *every* problem (each naming file, line and
+field, with a hint), the usable examples and token-length statistics. It never raises for bad
+data, so the CLI, the app's Data tab and the trainer can all show the same report.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.data.formats import (FORMATS, LABEL_FORMATS, apply_column_map, columns_of, data_kind,
+                               detect_format, missing_columns, normalise_rows)
+from core.data.loading import load_rows
+from core.errors import DataError, Problem
+
+LENGTH_SAMPLE = 2000
+PREFERENCE_STRATEGIES = ("dpo", "orpo", "rlhf")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What data a (task, strategy) pair accepts.
+
+    Attributes:
+        kinds: canonical kinds used as they are (the first is the preferred one).
+        converts: (source format or kind, target kind) conversions done automatically.
+        description: human text for the UI: which formats and columns fit.
+    """
+
+    task: str
+    strategy: str
+    kinds: tuple[str, ...]
+    converts: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+    def target_for(self, fmt: str, kind: str) -> str | None:
+        """The kind to normalise ``fmt`` data (natural kind ``kind``) to; None: unusable."""
+        if kind in self.kinds:
+            return kind
+        for source, target in self.converts:
+            if source in (fmt, kind):
+                return target
+        return None
+
+    def formats(self) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """Source formats whose data fits (direct ones first, then converted ones), each with
+        its alternative sets of required columns."""
+        out = {f: s.columns for f, s in FORMATS.items() if s.kind in self.kinds}
+        if "kto" in self.kinds:  # messages / prompt-completion with a label column
+            out.update({f: tuple(c + ("label",) for c in FORMATS[f].columns) for f in LABEL_FORMATS})
+        out.update({f: s.columns for f, s in FORMATS.items() if f not in out and self.target_for(f, s.kind)})
+        return out
+
+
+def requirements(task: str, strategy: str) -> Requirement:
+    """The data that ``task`` trained with ``strategy`` needs.
+
+    Args:
+        task: one of core.config.TASKS.
+        strategy: one of core.config.STRATEGIES.
+
+    Raises:
+        DataError: unknown task or strategy.
+    """
+    from core.config import STRATEGIES, TASKS
+
+    if task not in TASKS:
+        raise DataError(f"unknown task '{task}'", f"use one of: {', '.join(TASKS)}")
+    if strategy not in STRATEGIES:
+        raise DataError(f"unknown strategy '{strategy}'", f"use one of: {', '.join(STRATEGIES)}")
+    if strategy in PREFERENCE_STRATEGIES:
+        kinds, converts = ("preference",), ()
+    elif strategy == "kto":
+        kinds, converts = ("kto",), (("preference", "kto"),)
+    elif task == "summarization":
+        kinds, converts = ("summarization",), (("input-output", "summarization"),)
+    elif task == "extractive-qa":
+        kinds, converts = ("qa",), ()
+    else:
+        kinds, converts = ("conversation", "text"), (("summarization", "conversation"),)
+    req = Requirement(task, strategy, kinds, converts)
+    fits = [f"{f} ({' | '.join(', '.join(c) for c in cols)})" for f, cols in req.formats().items()]
+    text = (f"{task} with strategy '{strategy}' needs {' or '.join(kinds)} data. "
+            f"Formats that fit: {'; '.join(fits)}.")
+    return Requirement(task, strategy, kinds, converts, text)
+
+
+@dataclass
+class ValidationReport:
+    """Everything known about one data file for one task/strategy (see module docstring)."""
+
+    file: str
+    format: str | None = None
+    kind: str | None = None
+    rows: int = 0
+    usable_rows: int = 0
+    examples: list[dict] = field(default_factory=list, repr=False)
+    problems: list[Problem] = field(default_factory=list)
+    lengths: dict = field(default_factory=dict)
+    requirement: str = ""
+    min_rows: int = 2
+    unit: str = "line"
+    details: dict = field(default_factory=dict)
+    lines: list = field(default_factory=list, repr=False)  # source line of each example
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.usable_rows >= self.min_rows
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable (no examples)."""
+        return {
+            "file": self.file, "format": self.format, "kind": self.kind, "rows": self.rows,
+            "usable_rows": self.usable_rows, "ok": self.ok, "unit": self.unit,
+            "errors": len(self.errors), "warnings": len(self.warnings),
+            "problems": [p.to_dict() for p in self.problems], "lengths": dict(self.lengths),
+            "requirement": self.requirement, "min_rows": self.min_rows, "details": dict(self.details),
+        }
+
+    def summary(self) -> str:
+        """Several lines of plain text: format, rows, lengths, then one line per problem."""
+        out = [f"Data: {self.file}",
+               (f"Format: {self.format} -> {self.kind}" if self.format else "Format: not detected")
+               + (f" ({self.details['converted']})" if "converted" in self.details else ""),
+               f"Rows: {self.rows} read, {self.usable_rows} usable"]
+        if "unanswerable" in self.details:
+            out.append(f"Unanswerable questions: {self.details['unanswerable']}")
+        if self.lengths:
+            L = self.lengths
+            out.append(f"Tokens{' (sample of ' + str(L['count']) + ')' if L.get('sampled') else ''}: "
+                       f"min {L['min']}, mean {L['mean']}, p50 {L['p50']}, p95 {L['p95']}, max {L['max']}; "
+                       f"{L['over_max_length']} over max_length {L['max_length']} "
+                       f"({L['truncated_share']:.1%} truncated)")
+        if self.problems:
+            out.append(f"Problems: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+            out += [f"  {p.severity}: {p}" for p in self.problems]
+        out.append("Ready to train." if self.ok else "Not ready: fix the errors above.")
+        return "\n".join(out)
+
+
+def validate_file(path: str | Path, *, task: str = "text-generation", strategy: str = "sft",
+                  dataset_format: str = "auto", column_map: dict | None = None,
+                  template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
+                  max_length: int = 512, min_rows: int = 2, max_rows: int | None = None,
+                  seed: int = 42) -> ValidationReport:
+    """Load ``path`` and check it for ``task``/``strategy``. Never raises for bad data.
+
+    Args:
+        path: a data file (or hub id); see :func:`core.data.loading.load_rows`.
+        task, strategy: what the data will train (decides the accepted kinds).
+        dataset_format: a format name, or "auto" to detect it.
+        column_map: renames ``{old: new}`` applied before detection.
+        template_vars: values for ``{{placeholders}}``.
+        system_prompt: added to conversations without a system message.
+        tokenizer: a transformers tokenizer for token-length statistics (None: skipped).
+        max_length: the training sequence length to compare lengths with.
+        min_rows: fewer usable rows than this is an error.
+        max_rows: read at most this many rows (None/0: all).
+        seed: seeds the sample used for token lengths.
+    """
+    report = ValidationReport(str(path), min_rows=min_rows)
+    try:
+        report.requirement = requirements(task, strategy).description
+        data = load_rows(path, max_rows=max_rows)
+    except DataError as exc:
+        report.problems += _problems_of(exc, str(path))
+        return report
+    return validate_rows(data.rows, file=data.file, lines=data.lines, unit=data.unit, task=task,
+                         strategy=strategy, dataset_format=dataset_format, column_map=column_map,
+                         template_vars=template_vars, system_prompt=system_prompt,
+                         tokenizer=tokenizer, max_length=max_length, min_rows=min_rows, seed=seed)
+
+
+def validate_rows(rows: list[dict], *, file: str = "<data>", lines: list[int] | None = None,
+                  unit: str = "row", task: str = "text-generation", strategy: str = "sft",
+                  dataset_format: str = "auto", column_map: dict | None = None,
+                  template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
+                  max_length: int = 512, min_rows: int = 2, seed: int = 42) -> ValidationReport:
+    """Check rows already in memory (see :func:`validate_file` for the arguments).
+
+    Args:
+        rows: raw rows; lines/unit say where each came from (default: row 1..n).
+    """
+    report = ValidationReport(file, rows=len(rows), min_rows=min_rows, unit=unit)
+    try:
+        req = requirements(task, strategy)
+        report.requirement = req.description
+        report.problems += _column_map_problems(column_map, columns_of(rows), file)
+        rows = apply_column_map(rows, column_map)
+        cols = columns_of(rows)
+        fmt = _format(rows, dataset_format, cols, file)
+        report.format = fmt
+        kind = data_kind(fmt, rows)
+        target = req.target_for(fmt, kind)
+        if target is None:
+            report.kind = kind
+            report.problems.append(_mismatch(req, fmt, kind, cols, file))
+            return report
+        res = normalise_rows(rows, fmt, lines=lines, file=file, unit=unit, template_vars=template_vars,
+                             system_prompt=system_prompt, target_kind=target)
+    except DataError as exc:
+        report.problems += _problems_of(exc, file)
+        return report
+    report.kind, report.examples, report.lines = target, res.examples, res.lines
+    report.usable_rows, report.details = len(res.examples), res.details
+    report.problems += res.problems
+    if report.usable_rows < min_rows:
+        report.problems.append(Problem(
+            f"only {report.usable_rows} usable row(s) of {len(rows)}; at least {min_rows} needed",
+            "add rows (a few hundred is a good start) or fix the rows reported above", file=file))
+    report.problems += _duplicates(res.examples, res.lines, file, unit)
+    if tokenizer is not None and res.examples:
+        report.lengths, extra = _lengths(res.examples, res.lines, target, tokenizer, max_length, seed, file)
+        report.problems += extra
+    _set_unit(report.problems, file, unit)
+    return report
+
+
+def _set_unit(problems: list[Problem], file: str, unit: str) -> None:
+    """Say "row N" rather than "line N" for records of a JSON array or parquet file."""
+    for p in problems:
+        if p.line is not None and p.file == file:
+            p.unit = unit
+
+
+# -- checks -------------------------------------------------------------------------------------------
+def _problems_of(exc: DataError, file: str) -> list[Problem]:
+    if not exc.problems:
+        return [Problem(exc.message, exc.hint, file=file)]
+    return [p if p.file else Problem(p.message, p.hint or exc.hint, file=file, line=p.line,
+                                     field=p.field, severity=p.severity) for p in exc.problems]
+
+
+def _column_map_problems(column_map: dict | None, cols: list[str], file: str) -> list[Problem]:
+    out = []
+    for old, new in (column_map or {}).items():
+        if str(old) not in cols:
+            out.append(Problem(f"column_map renames '{old}', but the data has no column '{old}'",
+                               f"columns are: {', '.join(cols)}", file=file, field=str(old),
+                               severity="warning"))
+    return out
+
+
+def _format(rows: list[dict], dataset_format: str, cols: list[str], file: str) -> str:
+    if dataset_format in (None, "", "auto"):
+        return detect_format(rows)
+    if dataset_format not in FORMATS:
+        raise DataError(f"unknown dataset_format '{dataset_format}'",
+                        f"use auto or one of: {', '.join(FORMATS)}")
+    missing = missing_columns(cols, dataset_format)
+    if missing:
+        msg = (f"dataset_format is '{dataset_format}' but the data has no column(s) "
+               f"{', '.join(missing)} (columns found: {', '.join(cols)})")
+        hint = "set dataset_format to auto, or rename columns with column_map"
+        raise DataError(msg, hint, problems=[Problem(msg, hint, file=file, field=missing[0])])
+    return dataset_format
+
+
+def _mismatch(req: Requirement, fmt: str, kind: str, cols: list[str], file: str) -> Problem:
+    have = set(cols)
+    options = [(min(([c for c in alt if c not in have] for alt in alts), key=len), f)
+               for f, alts in req.formats().items()]
+    missing, best = min(options, key=lambda o: len(o[0]))
+    if not missing:  # e.g. alpaca rows also hold input/output: say which format to pick
+        return Problem(
+            f"{req.task} with strategy '{req.strategy}' needs {' or '.join(req.kinds)} data; this was "
+            f"detected as {fmt} data, but its columns also fit the {best} format",
+            f"set dataset_format to {best}", file=file, field="dataset_format")
+    return Problem(
+        f"{req.task} with strategy '{req.strategy}' needs {' or '.join(req.kinds)} data, but this "
+        f"is {fmt} data ({kind}; columns: {', '.join(cols)}): missing column(s) "
+        f"{', '.join(missing)} (as in the {best} format)",
+        req.description + " Or pick a strategy that fits this data.", file=file,
+        field=missing[0] if missing else None)
+
+
+def _duplicates(examples: list[dict], lines: list, file: str, unit: str) -> list[Problem]:
+    seen: dict[str, int] = {}
+    pairs = []
+    for i, ex in enumerate(examples):
+        first = seen.setdefault(repr(ex), i)
+        if first != i:
+            if not pairs or pairs[-1] != (lines[i], lines[first]):  # kto pairs share a line
+                pairs.append((lines[i], lines[first]))
+    if not pairs:
+        return []
+    shown = "; ".join(f"{unit} {a} repeats {unit} {b}" for a, b in pairs[:5])
+    return [Problem(f"{len(pairs)} duplicate example(s) (same content as an earlier row): {shown}"
+                    + (" ..." if len(pairs) > 5 else ""),
+                    "remove duplicates: they weigh extra in training and leak into the evaluation split",
+                    file=file, line=pairs[0][0], severity="warning")]
+
+
+def _lengths(examples: list[dict], lines: list, kind: str, tokenizer, max_length: int, seed: int,
+             file: str) -> tuple[dict, list[Problem]]:
+    """Token-length statistics on at most LENGTH_SAMPLE examples (seeded sample)."""
+    idx = list(range(len(examples)))
+    sampled = len(idx) > LENGTH_SAMPLE
+    if sampled:
+        idx = sorted(random.Random(seed).sample(idx, LENGTH_SAMPLE))
+    templ = bool(getattr(tokenizer, "chat_template", None))
+    problems: list[Problem] = []
+    failed: list = []
+
+    def render(msgs: list[dict], line) -> str:
+        if templ:
+            try:
+                return tokenizer.apply_chat_template(msgs, tokenize=False)
+            except Exception as exc:  # e.g. a template that insists on alternating roles
+                failed.append((line, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
+        return "\n".join(m["content"] for m in msgs)
+
+    texts: list[str] = []
+    owner: list[int] = []
+    for i in idx:
+        ex, line = examples[i], lines[i]
+        if kind == "conversation":
+            parts = [render(ex["messages"], line)]
+        elif kind == "preference":
+            parts = [render(ex["prompt"] + ex["chosen"], line), render(ex["prompt"] + ex["rejected"], line)]
+        elif kind == "kto":
+            parts = [render(ex["prompt"] + ex["completion"], line)]
+        elif kind == "summarization":
+            parts = [ex["document"]]
+        elif kind == "qa":
+            parts = [ex["question"] + "\n" + ex["context"]]
+        else:
+            parts = [ex["text"]]
+        texts += parts
+        owner += [i] * len(parts)
+    try:
+        ids = tokenizer(texts, add_special_tokens=not templ)["input_ids"]
+    except Exception as exc:
+        return {}, [Problem(f"could not measure token lengths: {str(exc).splitlines()[0][:200]}",
+                            "check the tokenizer", file=file, severity="warning")]
+    per: dict[int, int] = {}
+    for i, t in zip(owner, ids):
+        per[i] = max(per.get(i, 0), len(t))
+    values = sorted(per.values())
+    longest = max(per, key=per.get)
+    over = sum(1 for v in values if v > max_length)
+    n = len(values)
+    stats = {"count": n, "min": values[0], "mean": round(sum(values) / n, 1),
+             "p50": values[(n - 1) // 2], "p95": values[int(0.95 * (n - 1))], "max": values[-1],
+             "over_max_length": over, "truncated_share": round(over / n, 4), "max_length": max_length,
+             "sampled": sampled, "total": len(examples)}
+    if failed:
+        problems.append(Problem(
+            f"the tokenizer's chat template rejects {len(failed)} example(s): {failed[0][1]}",
+            "check the order of roles (some models need user/assistant turns alternating) or use "
+            "another model", file=file, line=failed[0][0], severity="warning"))
+    if over:
+        problems.append(Problem(
+            f"{over / n:.1%} of examples ({over} of {n}{' sampled' if sampled else ''}) are longer than "
+            f"max_length={max_length} tokens and will be truncated (longest: {per[longest]} tokens)",
+            "raise max_length or shorten examples", file=file, line=lines[longest], severity="warning"))
+    return stats, problems
+
+
+def split_train_eval(examples: list, validation_split: float, seed: int) -> tuple[list, list]:
+    """Shuffle deterministically and hold out a share for evaluation.
+
+    Args:
+        examples: the normalised examples.
+        validation_split: share for evaluation (0 disables it). Eval gets round(n * split)
+            rows, at least 1 when split > 0 and n >= 2; train is never left empty.
+        seed: seeds the shuffle (same seed, same split).
+    """
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    k = 0
+    if validation_split > 0 and n >= 2:
+        k = min(max(1, round(n * validation_split)), n - 1)
+    return [examples[i] for i in order[k:]], [examples[i] for i in order[:k]]

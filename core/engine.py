@@ -1,0 +1,314 @@
+"""One training run, top to bottom: validate, load, prepare data, train, save, evaluate, record.
+
+Used by the CLI (in the main thread) and by the job manager (in its worker thread) alike.
+Whatever happens, the run ends in exactly one terminal state (completed, failed, cancelled),
+the events file says so, and only a completed run gets a model record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import RunConfig, check_config, save_yaml
+from core.errors import DataError, ModelForgeError, TrainingError
+from core.events import EventLog
+from core.paths import runs_dir
+from core.records import ModelRecord, RecordStore, new_id
+
+log = logging.getLogger("modelforge.engine")
+
+MODEL_CARD = "modelforge.json"
+
+
+@dataclass
+class TrainContext:
+    """Everything a strategy needs; built by the engine, read by the strategy."""
+
+    config: RunConfig
+    run_id: str
+    run_dir: Path
+    model: Any
+    tokenizer: Any
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    callbacks: list[Any]
+    device: str
+    dtype: str
+    stop_event: threading.Event
+    resume_from: str | None = None
+    trainer: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+    def stopped(self) -> bool:
+        return self.stop_event.is_set()
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    output_dir: str
+    model_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    hint: str | None = None
+    fault: bool = False  # True: a bug or an environment fault, not the user's input
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def default_run_name(config: RunConfig) -> str:
+    base = Path(config.dataset).stem if config.dataset else "run"
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base)[:40].strip("-.") or "run"
+    return f"{safe}-{config.strategy}"
+
+
+def prepare_run(config: RunConfig, store: RecordStore, run_id: str | None = None) -> tuple[RunConfig, str, Path]:
+    """Validate the config and create the run record and folder (status: queued).
+
+    Raises:
+        ConfigError: every problem with the config at once.
+    """
+    check_config(config)
+    if not config.name:
+        config = config.replace(name=default_run_name(config))
+    run_id = run_id or new_id("run")
+    run_dir = Path(config.output_dir).expanduser() / run_id if config.output_dir else runs_dir() / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "config.yaml")
+    store.create_run(config.name, config.to_dict(), output_dir=str(run_dir), run_id=run_id)
+    return config, run_id, run_dir
+
+
+def preflight(config: RunConfig) -> list:
+    """Every problem with the config and its data file, before anything is recorded or loaded.
+
+    Checks the config fields and reads the whole dataset (no tokenizer: lengths are checked
+    again once the model's tokenizer is loaded). Returns error-severity Problems.
+    """
+    from core.config import validate_config
+    from core.data import validate_file
+
+    problems = [p for p in validate_config(config) if p.severity == "error"]
+    if problems or not config.dataset:
+        return problems
+    report = validate_file(
+        config.dataset, task=config.task, strategy=config.strategy,
+        dataset_format=config.dataset_format, column_map=config.column_map,
+        template_vars=config.template_vars, system_prompt=config.system_prompt, max_length=config.max_length,
+    )
+    return list(report.errors) + ([] if report.ok or report.errors else list(report.problems))
+
+
+def load_data(config: RunConfig, tokenizer: Any, data_kinds: tuple[str, ...]) -> tuple[list, list, Any]:
+    """Validate and split the dataset.
+
+    Raises:
+        DataError: listing every problem (file, line, field, fix).
+    """
+    from core.data import split_train_eval, validate_file
+
+    report = validate_file(
+        config.dataset, task=config.task, strategy=config.strategy,
+        dataset_format=config.dataset_format, column_map=config.column_map,
+        template_vars=config.template_vars, system_prompt=config.system_prompt,
+        tokenizer=tokenizer, max_length=config.max_length,
+    )
+    if not report.ok:
+        raise DataError(f"{config.dataset} cannot be used for {config.strategy}/{config.task}.",
+                        "fix the rows listed, or choose a strategy that fits the data",
+                        problems=report.errors or report.problems)
+    examples = report.examples
+    if config.max_samples:
+        examples = examples[: config.max_samples]
+    train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
+    return train, evaluation, report
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _train_dtype(config: RunConfig, device: str) -> str:
+    """Mixed-precision mode for the trainer ('bf16', 'fp16' or 'fp32')."""
+    if config.precision != "auto":
+        return config.precision
+    if config.quantization != "none" and device == "cpu":
+        return "fp32"  # bitsandbytes' CPU kernels compute in fp32 anyway
+    from core.providers.huggingface import pick_dtype
+
+    return pick_dtype("auto")
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("modelforge", "transformers", "trl", "peft"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("modelforge").setLevel(logging.INFO)
+    return handler
+
+
+def _detach_log_file(handler: logging.Handler) -> None:
+    for name in ("modelforge", "transformers", "trl", "peft"):
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
+
+
+def run_training(
+    config: RunConfig,
+    store: RecordStore,
+    events: EventLog,
+    run_id: str,
+    run_dir: Path,
+    stop_event: threading.Event | None = None,
+    resume_from: str | None = None,
+) -> RunResult:
+    """Train one prepared run to its end. Never raises: the result says how it ended."""
+    from core.callback import EventCallback
+    from core.providers import registry as providers
+    from core.strategies import registry as strategies
+
+    stop_event = stop_event or threading.Event()
+    _quiet_progress_bars()
+    events.attach_file(run_dir / "events.jsonl")
+    handler = _attach_log_file(run_dir)
+    started = time.time()
+    store.update_run(run_id, status="running", started_at=_now(), pid=os.getpid())
+    events.emit("started", name=config.name, config=config.to_dict())
+    ctx: TrainContext | None = None
+    try:
+        strategy = strategies.get(config.strategy)
+        ok, why = strategy.available()
+        if not ok:
+            from core.errors import NotAvailableError
+
+            raise NotAvailableError(f"strategy '{config.strategy}' is not available: {why}",
+                                    "see `modelforge info` for what works here")
+        if hasattr(strategy, "adjust_config"):
+            config = strategy.adjust_config(config)
+        provider = providers.get(config.provider)
+        events.emit("log", message=f"loading model '{config.model}' with {provider.name}")
+        model, tokenizer = provider.load(config, for_training=True)
+        events.emit("log", message=f"validating {config.dataset}")
+        train_rows, eval_rows, report = load_data(config, tokenizer, strategy.data_kinds)
+        events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
+                                   f"(format: {report.format})")
+        device = _device()
+        ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
+                           train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,
+                           dtype=_train_dtype(config, device), stop_event=stop_event, resume_from=resume_from)
+        callback = EventCallback(events, store, run_id, stop_event)
+        ctx.callbacks.append(callback)
+        metrics = strategy.train(ctx)
+        if callback.nan_loss:
+            raise TrainingError("the loss became NaN (not a number): training diverged",
+                                "lower learning_rate (e.g. by 10x) or use precision fp32")
+        if stop_event.is_set():
+            store.finish_run(run_id, "cancelled", error="stopped by the user; resume to continue")
+            events.emit("cancelled", step=callback.step, total_steps=callback.total,
+                        message="stopped; a checkpoint was saved", checkpoint=callback.last_checkpoint)
+            return RunResult(run_id, "cancelled", str(run_dir))
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        metrics["train_runtime_s"] = round(time.time() - started, 2)
+        store.add_metrics(run_id, callback.step, {f"final_{k}": v for k, v in metrics.items()})
+        model_id = _write_model(config, ctx, store, run_id, metrics)
+        events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
+                    model_id=model_id, model_dir=str(ctx.model_dir))
+        return RunResult(run_id, "completed", str(run_dir), model_id=model_id, metrics=metrics)
+    except ModelForgeError as exc:
+        log.error("run %s failed: %s", run_id, exc)
+        return _fail(store, events, run_id, run_dir, str(exc.message), exc.hint, exc, fault=False)
+    except Exception as exc:  # noqa: BLE001 - turn every fault into a failed run, with the traceback logged
+        log.error("run %s crashed:\n%s", run_id, traceback.format_exc())
+        message, hint = _explain(exc)
+        return _fail(store, events, run_id, run_dir, message, hint, exc, fault=True)
+    finally:
+        _detach_log_file(handler)
+
+
+def _quiet_progress_bars() -> None:
+    """datasets' and transformers' own bars would garble the CLI's line and --json's stdout."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def _explain(exc: Exception) -> tuple[str, str]:
+    """A user-facing message for an unexpected exception from the training stack."""
+    text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    low = text.lower()
+    if "out of memory" in low or isinstance(exc, MemoryError):
+        return (f"out of memory: {text}",
+                "use batch_size 1 with more gradient_accumulation_steps, a shorter max_length, "
+                "quantization 4bit or gradient_checkpointing")
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+        return ("the disk is full", "free disk space or set MODELFORGE_HOME to a larger disk")
+    return (f"{type(exc).__name__}: {text}", "see train.log in the run folder for the details")
+
+
+def _fail(store, events, run_id, run_dir, message, hint, exc, fault: bool) -> RunResult:
+    try:
+        store.finish_run(run_id, "failed", error=f"{message} (fix: {hint})" if hint else message)
+    except Exception:  # noqa: BLE001 - the events file still says what happened
+        log.error("could not record failure of %s:\n%s", run_id, traceback.format_exc())
+    problems = [p.to_dict() for p in getattr(exc, "problems", [])]
+    events.emit("failed", message=message, hint=hint, problems=problems)
+    return RunResult(run_id, "failed", str(run_dir), error=message, hint=hint, fault=fault)
+
+
+def _write_model(config: RunConfig, ctx: TrainContext, store: RecordStore, run_id: str, metrics: dict) -> str:
+    """Write the model card beside the adapter, then the record and run status in one transaction."""
+    model_dir = ctx.model_dir
+    model_id = new_id("model")
+    card = {
+        "model_id": model_id,
+        "run_id": run_id,
+        "name": config.name,
+        "base_model": config.model,
+        "task": config.task,
+        "strategy": config.strategy,
+        "provider": config.provider,
+        "metrics": metrics,
+        "config": config.to_dict(),
+    }
+    (model_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
+    save_yaml(config, model_dir / "run_config.yaml")
+    size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    record = ModelRecord(id=model_id, name=config.name, base_model=config.model, task=config.task,
+                         strategy=config.strategy, provider=config.provider, path=str(model_dir),
+                         run_id=run_id, metrics=metrics, size_bytes=size)
+    store.finish_run(run_id, "completed", model=record)
+    return model_id
+
+
+def _now():
+    from core.records import utcnow
+
+    return utcnow()

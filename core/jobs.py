@@ -1,0 +1,186 @@
+"""The job manager: owns the accelerator, runs one training at a time in a worker thread.
+
+The app builds exactly one (app/services.py) and every browser talks to it, so two browsers
+pressing Train get one run and one queued, with a clear message. Pages never hold models;
+they ask the manager for the events of a run since an index, which also works after a reload
+or from a second browser (the events file is replayed when the run is not in memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import RunConfig
+from core.engine import RunResult, prepare_run, run_training
+from core.errors import BusyError, ModelForgeError, NotFoundError
+from core.events import TERMINAL, Event, EventLog, read_events
+from core.records import RecordStore
+
+log = logging.getLogger("modelforge.jobs")
+
+
+def last_checkpoint(run_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` folder of a run, or None."""
+    ckpts = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in ckpts.glob("checkpoint-*")
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return str(max(found)[1]) if found else None
+
+
+@dataclass
+class _Job:
+    config: RunConfig
+    run_id: str
+    run_dir: Path
+    resume_from: str | None = None
+
+
+class JobManager:
+    """Args:
+        store: the record store.
+        max_queue: how many runs may wait behind the running one (0: refuse when busy).
+    """
+
+    def __init__(self, store: RecordStore, max_queue: int = 4):
+        self.store = store
+        self.max_queue = max_queue
+        self._queue: "queue.Queue[_Job]" = queue.Queue()
+        self._logs: dict[str, EventLog] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._results: dict[str, RunResult] = {}
+        self._current: str | None = None
+        self._waiting: list[str] = []
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    # -- submitting ---------------------------------------------------------------------------------
+    def submit(self, config: RunConfig) -> str:
+        """Validate, record and enqueue a run; return its id.
+
+        Raises:
+            ConfigError: the config is invalid (nothing is recorded).
+            BusyError: a run is training and the queue is full.
+        """
+        with self._lock:
+            if self._current and len(self._waiting) >= self.max_queue:
+                raise BusyError(
+                    f"run {self._current} is training and {len(self._waiting)} more are waiting",
+                    "wait for it to finish or stop it; one run trains at a time per device")
+            config, run_id, run_dir = prepare_run(config, self.store)
+            self._enqueue(_Job(config, run_id, run_dir))
+        return run_id
+
+    def resume(self, run_id: str) -> str:
+        """Continue a cancelled/interrupted/failed run from its last checkpoint.
+
+        Raises:
+            NotFoundError: no such run. ModelForgeError: nothing to resume from.
+        """
+        run = self.store.get_run(run_id)
+        if run.status in ("running", "queued"):
+            raise ModelForgeError(f"run {run_id} is already {run.status}")
+        if run.status == "completed":
+            raise ModelForgeError(f"run {run_id} already completed", "start a new run to train further")
+        ckpt = last_checkpoint(run.output_dir)
+        if ckpt is None:
+            raise ModelForgeError(f"run {run_id} has no checkpoint to resume from",
+                                  "start it again as a new run")
+        config = RunConfig.from_dict(run.config, source=f"run {run_id}")
+        with self._lock:
+            if self._current and len(self._waiting) >= self.max_queue:
+                raise BusyError(f"run {self._current} is training", "wait for it to finish or stop it")
+            self.store.update_run(run_id, status="queued", error=None, finished_at=None)
+            self._enqueue(_Job(config, run_id, Path(run.output_dir), resume_from=ckpt))
+        return run_id
+
+    def _enqueue(self, job: _Job) -> None:
+        events = EventLog(job.run_id)
+        self._logs[job.run_id] = events
+        self._stops[job.run_id] = threading.Event()
+        position = len(self._waiting) + (1 if self._current else 0)
+        events.emit("queued", message=("starting" if position == 0 else
+                                       f"waiting: {position} run(s) ahead on this device"))
+        self._waiting.append(job.run_id)
+        self._queue.put(job)
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="modelforge-trainer", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._worker = None
+                        return
+                continue
+            with self._lock:
+                self._waiting.remove(job.run_id)
+                stop = self._stops[job.run_id]
+                if stop.is_set():  # stopped while waiting
+                    self.store.finish_run(job.run_id, "cancelled", error="stopped before it started")
+                    self._logs[job.run_id].emit("cancelled", message="stopped before it started")
+                    continue
+                self._current = job.run_id
+            try:
+                result = run_training(job.config, self.store, self._logs[job.run_id], job.run_id,
+                                      job.run_dir, stop_event=stop, resume_from=job.resume_from)
+                self._results[job.run_id] = result
+            except Exception:  # noqa: BLE001 - run_training never raises; belt and braces
+                log.error("worker fault:\n%s", traceback.format_exc())
+            finally:
+                with self._lock:
+                    self._current = None
+
+    # -- controlling --------------------------------------------------------------------------------
+    def stop(self, run_id: str) -> bool:
+        """Ask a run to stop (graceful: it saves a checkpoint). False if it is not active."""
+        ev = self._stops.get(run_id)
+        if ev is None or run_id not in (self._current, *self._waiting):
+            return False
+        ev.set()
+        return True
+
+    # -- observing ----------------------------------------------------------------------------------
+    @property
+    def current(self) -> str | None:
+        return self._current
+
+    def waiting(self) -> list[str]:
+        return list(self._waiting)
+
+    def events(self, run_id: str, since: int = 0) -> list[Event]:
+        """Events of a run from index ``since``; replays the file for runs not in memory."""
+        if run_id in self._logs:
+            return self._logs[run_id].since(since)
+        try:
+            run = self.store.get_run(run_id)
+        except NotFoundError:
+            return []
+        return read_events(Path(run.output_dir) / "events.jsonl")[since:]
+
+    def wait(self, run_id: str, timeout: float = 600.0) -> str:
+        """Block until the run ends; return its status (for tests and scripts)."""
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            evs = self._logs.get(run_id)
+            if evs is not None:
+                if any(e.type in TERMINAL for e in evs.events):
+                    return self.store.get_run(run_id).status
+                evs.wait(len(evs.events), timeout=0.5)
+            else:
+                status = self.store.get_run(run_id).status
+                if status not in ("queued", "running"):
+                    return status
+                time.sleep(0.5)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout} s")

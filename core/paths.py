@@ -1,0 +1,66 @@
+"""Where ModelForge keeps its data, and the guard that keeps file operations inside it.
+
+Everything (database, runs, models, logs, the built demo model) lives under one folder:
+``MODELFORGE_HOME`` if set, else the user's data folder (``~/.local/share/modelforge`` on
+Linux). A Hugging Face Space points ``MODELFORGE_HOME`` at its persistent ``/data``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.errors import ModelForgeError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS = REPO_ROOT / "assets"
+EXAMPLES = ASSETS / "examples"
+
+
+def home() -> Path:
+    env = os.environ.get("MODELFORGE_HOME")
+    if env:
+        root = Path(env).expanduser()
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        root = Path(base) / "modelforge"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.resolve()
+
+
+def runs_dir() -> Path:
+    p = home() / "runs"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def logs_dir() -> Path:
+    p = home() / "logs"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def cache_dir() -> Path:
+    p = home() / "cache"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def database_url() -> str:
+    return os.environ.get("MODELFORGE_DATABASE_URL") or f"sqlite:///{home() / 'modelforge.db'}"
+
+
+def inside_home(path: str | Path) -> Path:
+    """Resolve ``path`` and make sure it lies inside the data folder.
+
+    Raises:
+        ModelForgeError: if the path escapes the data folder (``..``, symlinks, absolute paths).
+    """
+    root = home()
+    resolved = Path(path).expanduser().resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ModelForgeError(
+            f"refusing to touch {resolved}: it is outside the ModelForge data folder {root}",
+            "only files that ModelForge created under MODELFORGE_HOME can be deleted or exported",
+        )
+    return resolved

@@ -1,0 +1,64 @@
+"""The provider registry: name -> Provider. Adding a provider is one file and one line here.
+
+A provider turns a run config into a (model, tokenizer) pair ready for a strategy, and says
+whether it can run on this machine and, if not, why. Back-ends are imported inside functions
+so that listing providers never imports torch, unsloth or bitsandbytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from core.errors import NotAvailableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import RunConfig
+
+
+class Provider(Protocol):
+    name: str
+    description: str
+
+    def available(self) -> tuple[bool, str]:
+        """(usable here?, reason when not)."""
+
+    def load(self, config: "RunConfig", *, for_training: bool = True) -> tuple[Any, Any]:
+        """Load (model, tokenizer) for ``config``.
+
+        Raises:
+            ModelLoadError: the model cannot be found or loaded (OfflineError without network).
+        """
+
+
+_REGISTRY: dict[str, Callable[[], Provider]] = {}
+
+
+def register(name: str, factory: Callable[[], Provider]) -> None:
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Provider:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise NotAvailableError(f"unknown provider '{name}'", f"choose one of: {', '.join(_REGISTRY)}")
+    provider = _REGISTRY[name]()
+    ok, why = provider.available()
+    if not ok:
+        raise NotAvailableError(f"provider '{name}' is not available here: {why}",
+                                "use provider 'huggingface' (see `modelforge info`)")
+    return provider
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from core.providers import huggingface, unsloth  # noqa: F401

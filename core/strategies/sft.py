@@ -1,0 +1,72 @@
+"""Supervised fine-tuning with LoRA through trl's SFTTrainer (and QLoRA: the same on a 4-bit base).
+
+Conversations become trl's conversational prompt/completion rows (everything up to the last
+assistant turn is the prompt), so the loss falls on the answer only for any chat template;
+``loss_on: all`` trains on the whole text. Plain ``text`` rows are continued pre-training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def to_trl_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        if "messages" in r:
+            msgs = r["messages"]
+            out.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+        else:
+            out.append({"text": r["text"]})
+    return out
+
+
+@dataclass
+class SFTStrategy:
+    name: str = "sft"
+    description: str = "Supervised fine-tuning with LoRA on chat, instruction or plain-text data"
+    tasks: tuple[str, ...] = ("text-generation",)
+    data_kinds: tuple[str, ...] = ("conversation", "text")
+    quantization: str | None = None  # qlora forces "4bit"
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def adjust_config(self, config):
+        if self.quantization and config.quantization != self.quantization:
+            return config.replace(quantization=self.quantization)
+        return config
+
+    def train(self, ctx) -> dict:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        from core.strategies.common import final_eval, last_train_loss, lora_config, quiet, training_kwargs
+
+        c = ctx.config
+        # 1. data, in trl's shape
+        train_ds = Dataset.from_list(to_trl_rows(ctx.train_rows))
+        eval_ds = Dataset.from_list(to_trl_rows(ctx.eval_rows)) if ctx.eval_rows else None
+        # 2. trainer arguments, translated from the run config
+        args = SFTConfig(
+            **training_kwargs(ctx),
+            max_length=c.max_length,
+            packing=c.packing,
+            completion_only_loss=c.loss_on == "completion",
+            dataset_num_proc=None,
+        )
+        # 3. trainer, with LoRA unless the provider already applied it (unsloth)
+        peft = None if getattr(ctx.model, "_modelforge_peft_applied", False) else lora_config(c)
+        trainer = SFTTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
+        quiet(trainer)
+        ctx.trainer = trainer
+        # 4. train (resuming from a checkpoint when asked)
+        trainer.train(resume_from_checkpoint=ctx.resume_from)
+        if ctx.stopped():
+            return {}
+        # 5. save the adapter and tokenizer together
+        trainer.save_model(str(ctx.model_dir))
+        ctx.tokenizer.save_pretrained(str(ctx.model_dir))
+        # 6. evaluate
+        return {"train_loss": last_train_loss(trainer), **final_eval(trainer, eval_ds)}
