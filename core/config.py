@@ -15,6 +15,7 @@ column of its record), so any result can be reproduced.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -76,6 +77,12 @@ class RunConfig:
         False,
         "Run Python code shipped with a hub model. Off by default: only turn on for models "
         "you trust.",
+        "model",
+    )
+    reward_model: str = _f(
+        "",
+        "rlhf only: a reward model from an earlier run (its folder RUN_DIR/reward_model, or any "
+        "sequence-classification model with one label). Empty: train one on the preference data first.",
         "model",
     )
     # --- data ------------------------------------------------------------------------
@@ -196,7 +203,7 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
-                close = [k for k in known if k.replace("_", "") == str(key).replace("_", "").replace("-", "")]
+                close = difflib.get_close_matches(str(key).replace("-", "_"), list(known), n=1, cutoff=0.6)
                 hint = f"did you mean '{close[0]}'?" if close else "remove it; see `modelforge train --help` for the fields"
                 problems.append(Problem(f"unknown field '{key}'", hint, file=source, field=str(key)))
                 continue

@@ -1,0 +1,109 @@
+"""The engine end to end on the demo model: train, record, reload; stop, resume; failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import RunConfig
+from core.engine import prepare_run, run_training
+from core.events import EventLog, read_events
+from core.jobs import JobManager, last_checkpoint
+
+
+def _config(dataset: Path, **kw) -> RunConfig:
+    base = dict(model="demo", dataset=str(dataset), max_steps=4, batch_size=2, max_length=128,
+                logging_steps=1, save_steps=2, validation_split=0.25, learning_rate=1e-3)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_sft_trains_records_and_reloads(store, small_alpaca, demo_model):
+    config, run_id, run_dir = prepare_run(_config(small_alpaca), store)
+    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+    assert result.status == "completed", result.error
+
+    types = [e.type for e in read_events(run_dir / "events.jsonl")]
+    assert types[0] == "started" and types[-1] == "finished"
+    assert {"step", "eval", "checkpoint"} <= set(types)
+
+    losses = [p.value for p in store.metrics(run_id) if p.name == "loss"]
+    assert len(losses) >= 4 and all(v > 0 for v in losses)
+    record = store.get_model(result.model_id)
+    assert {"eval_loss", "perplexity", "train_loss"} <= set(record.metrics)
+    assert record.path == str(run_dir / "model")
+
+    # LoRA B matrices start at zero: non-zero now means the adapter really trained.
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "model" / "adapter_model.safetensors"))
+    lora_b = [t for k, t in weights.items() if "lora_B" in k]
+    assert lora_b and any(float(t.abs().sum()) > 0 for t in lora_b)
+
+    from core.inference import generate, load_model
+
+    lm = load_model(record.path)
+    assert type(lm.model).__name__ == "PeftModelForCausalLM"
+    assert isinstance(generate(lm, "Give three tips for staying healthy.", max_new_tokens=8), str)
+    card = json.loads((run_dir / "model" / "modelforge.json").read_text())
+    assert card["base_model"] == "demo" and card["run_id"] == run_id
+
+
+def test_missing_model_fails_cleanly_without_a_model_record(store, small_alpaca, tmp_path):
+    config, run_id, run_dir = prepare_run(_config(small_alpaca, model=str(tmp_path / "nope")), store)
+    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+    assert result.status == "failed" and not result.fault
+    assert "not found" in result.error
+    assert store.get_run(run_id).status == "failed"
+    assert store.list_models() == []
+    assert read_events(run_dir / "events.jsonl")[-1].type == "failed"
+
+
+def test_bad_rows_fail_before_training_and_name_the_line(store, tmp_path, demo_model):
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(10)]
+    lines[6] = json.dumps({"instruction": "q", "output": None})
+    bad.write_text("\n".join(lines))
+    config, run_id, run_dir = prepare_run(_config(bad), store)
+    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+    assert result.status == "failed"
+    failed = read_events(run_dir / "events.jsonl")[-1]
+    assert any(p["line"] == 7 and p["field"] == "output" for p in failed.data["problems"])
+    assert store.list_models() == []
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(store, small_alpaca, demo_model):
+    jobs = JobManager(store)
+    run_id = jobs.submit(_config(small_alpaca, max_steps=40, save_steps=100, validation_split=0.0, name="stopme"))
+    # A second run while the first trains waits in the queue with a clear message.
+    second = jobs.submit(_config(small_alpaca, max_steps=2, validation_split=0.0, name="second"))
+    assert "waiting" in jobs.events(second)[0].data["message"]
+
+    _wait_for(lambda: any(e.type == "step" and e.step >= 3 for e in jobs.events(run_id)))
+    assert jobs.stop(run_id)
+    assert jobs.wait(run_id, timeout=120) == "cancelled"
+    stopped_at = store.get_run(run_id).last_step
+    ckpt = last_checkpoint(store.get_run(run_id).output_dir)
+    assert ckpt is not None and ckpt.endswith(f"checkpoint-{stopped_at}")
+    assert [m.name for m in store.list_models()] == [] or all(m.run_id != run_id for m in store.list_models())
+
+    assert jobs.wait(second, timeout=120) == "completed"
+    n_before = len(jobs.events(run_id))
+    jobs.resume(run_id)
+    assert jobs.wait(run_id, timeout=180) == "completed"
+    new_steps = [e.step for e in jobs.events(run_id)[n_before:] if e.type == "step"]
+    assert new_steps and min(new_steps) > stopped_at  # continued, did not start over
+    assert max(new_steps) == 40
+    assert store.get_run(run_id).model_id is not None
