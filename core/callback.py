@@ -63,6 +63,10 @@ class EventCallback(TrainerCallback):
             control.should_save = True  # graceful stop keeps a checkpoint to resume from
         return control
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        self.store.heartbeat(self.run_id, step=state.global_step)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
         step = state.global_step
@@ -92,11 +96,19 @@ class EventCallback(TrainerCallback):
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        metrics = dict(metrics or {})
-        if "eval_loss" not in metrics:
+        """Store and emit every quality metric of an evaluation (eval_loss, eval_rouge1, eval_f1,
+        eval_rewards/accuracies, ...). Perplexity is added for a plain language-model evaluation
+        (eval_loss alone), or taken from eval_perplexity when the strategy computed it; a
+        preference or span loss has no perplexity worth showing."""
+        from core.evaluation import perplexity, quality_metrics
+
+        values = {k: v for k, v in quality_metrics(dict(metrics or {})).items() if k.startswith("eval_")}
+        if not values:
             return
-        eval_loss = float(metrics["eval_loss"])
-        values = {"eval_loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50))}
+        if "eval_perplexity" in values:
+            values["perplexity"] = values.pop("eval_perplexity")
+        elif set(values) == {"eval_loss"}:
+            values["perplexity"] = perplexity(values["eval_loss"])
         self.store.add_metrics(self.run_id, state.global_step, values)
         self.events.emit("eval", step=state.global_step, total_steps=self.total, **values)
 
