@@ -7,7 +7,7 @@ so trl can mask everything but the assistant's words) takes about a second and i
 ``MODELFORGE_HOME/cache/demo-<version>``.
 
 Sizes: every Linear's ``out_features`` is a multiple of 32 so bitsandbytes' 4-bit kernels work
-on the CPU (QLoRA on the demo). ~1.3M parameters: a few hundred steps take a minute or two on
+on the CPU (QLoRA on the demo). ~0.9M parameters: a few hundred steps take a minute or two on
 2 CPU cores, and it is big enough to memorise the identity demo.
 """
 
@@ -148,3 +148,139 @@ def build_demo_model(out_dir: Path) -> Path:
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)
     return out_dir
+
+
+# -- the demo set for the other tasks ----------------------------------------------------------------
+# The same tokenizer recipe (byte-level BPE on the bundled texts) wrapped for each architecture:
+# a tiny T5 for summarization and a tiny BERT with a span head for extractive QA. Each has its
+# own version and cache folder, so changing one never rebuilds the others.
+DEMO_SEQ2SEQ_VERSION = "1"
+DEMO_QA_VERSION = "1"
+# Explicit names, for when the task alone does not say which demo is meant (e.g. a causal LM
+# trained for summarization with a prompt: --task summarization --model demo-causal).
+DEMO_ALIASES = {"demo-causal": "text-generation", "demo-seq2seq": "summarization", "demo-qa": "extractive-qa"}
+
+
+def demo_for(name: str, task: str = "text-generation") -> Path | None:
+    """The demo folder that ``name`` means for ``task`` (built on first use); None if not a demo.
+
+    'demo' follows the task: text-generation -> the causal Llama, summarization -> the T5,
+    extractive-qa -> the BERT QA model. 'demo-causal', 'demo-seq2seq', 'demo-qa' name one.
+    """
+    key = name.strip().lower()
+    if key in DEMO_ALIASES:
+        task = DEMO_ALIASES[key]
+    elif key != DEMO_NAME:
+        return None
+    if task == "summarization":
+        return _cached(f"demo-seq2seq-{DEMO_SEQ2SEQ_VERSION}", build_demo_seq2seq)
+    if task == "extractive-qa":
+        return _cached(f"demo-qa-{DEMO_QA_VERSION}", build_demo_qa)
+    return demo_path()
+
+
+def _cached(folder: str, build) -> Path:
+    target = cache_dir() / folder
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    with _lock:
+        if not (target / "config.json").exists():
+            build(target)
+    return target
+
+
+def _staging(out_dir: Path) -> Path:
+    tmp = Path(out_dir).with_name(Path(out_dir).name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, out_dir: Path, note: str) -> Path:
+    (tmp / "MODELFORGE_DEMO.txt").write_text(note + "\n")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.replace(out_dir)
+    return out_dir
+
+
+def _seeded(make):
+    import torch
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1234)  # deterministic weights, whoever builds them
+    try:
+        return make()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def build_demo_seq2seq(out_dir: Path) -> Path:
+    """A 2+2-layer T5 (~0.9M parameters) whose tokenizer appends the end token, as T5's does."""
+    from tokenizers import processors
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    tmp = _staging(out_dir)
+    tokenizer = build_tokenizer(tmp)
+    eos = tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.eos_token_id)])
+    tokenizer.chat_template = None  # a seq2seq model reads plain text, not a chat
+    (tmp / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(tmp)
+    config = T5Config(
+        vocab_size=VOCAB_SIZE, d_model=HIDDEN, d_kv=32, d_ff=256, num_layers=LAYERS,
+        num_decoder_layers=LAYERS, num_heads=HEADS,  # q/k/v/o: 4 heads * 32 = 128 outputs
+        relative_attention_num_buckets=32, dropout_rate=0.0, feed_forward_proj="relu",
+        # 0.1 rather than T5's 1.0: at 1.0 the untrained model starts at a loss of ~70; at 0.1 near
+        # ln(vocab) ~ 7.6, like the causal demo. (transformers 5 always ties T5's output layer to
+        # its embeddings.)
+        initializer_factor=0.1,
+        is_encoder_decoder=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,  # T5 starts decoding from the pad token
+    )
+    model = _seeded(lambda: T5ForConditionalGeneration(config))
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, max_new_tokens=48, do_sample=False,
+        # T5 ties its output layer to the embeddings, so an untrained one mostly repeats its input:
+        # the start token, i.e. pad, and the summary comes out empty. Pad is never a real output.
+        suppress_tokens=[tokenizer.pad_token_id])
+    model.save_pretrained(tmp, safe_serialization=True)
+    return _publish(tmp, out_dir,
+                    f"ModelForge seq2seq demo v{DEMO_SEQ2SEQ_VERSION}: a random 2-layer T5, built offline.")
+
+
+def build_demo_qa(out_dir: Path) -> Path:
+    """A 2-layer BERT with a span head (~0.6M parameters); its tokenizer frames a pair as
+    <cls> question <sep> context <sep>, with segment ids and character offsets."""
+    from tokenizers import processors
+    from transformers import BertConfig, BertForQuestionAnswering, PreTrainedTokenizerFast
+
+    tmp = _staging(out_dir)
+    tokenizer = build_tokenizer(tmp)
+    cls, sep = "<|im_start|>", tokenizer.eos_token
+    cls_id, sep_id = tokenizer.convert_tokens_to_ids(cls), tokenizer.eos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.Sequence([
+        # Offsets without the leading space that byte-level tokens carry: spans map to the words.
+        processors.ByteLevel(trim_offsets=True),
+        processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+                                      special_tokens=[(cls, cls_id), (sep, sep_id)]),
+    ])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, cls_token=cls, sep_token=sep, pad_token=tokenizer.pad_token,
+        eos_token=sep, model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])  # BERT's segment ids
+    (tmp / "chat_template.jinja").unlink(missing_ok=True)  # an encoder reads pairs, not chats
+    tokenizer.save_pretrained(tmp)
+    config = BertConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        intermediate_size=256, max_position_embeddings=512, type_vocab_size=2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = _seeded(lambda: BertForQuestionAnswering(config))
+    model.save_pretrained(tmp, safe_serialization=True)
+    return _publish(tmp, out_dir, f"ModelForge QA demo v{DEMO_QA_VERSION}: a random 2-layer BERT with a span head, "
+                                  "built offline.")

@@ -114,7 +114,32 @@ def preflight(config: RunConfig) -> list:
         dataset_format=config.dataset_format, column_map=config.column_map,
         template_vars=config.template_vars, system_prompt=config.system_prompt, max_length=config.max_length,
     )
-    return list(report.errors) + ([] if report.ok or report.errors else list(report.problems))
+    problems = list(report.errors) + ([] if report.ok or report.errors else list(report.problems))
+    return problems + memory_problems(config)
+
+
+def memory_problems(config: RunConfig) -> list:
+    """Refuse a run that the estimate says cannot fit in the free (GPU or CPU) memory, with fixes.
+
+    Unknown models (a hub id outside the catalogue, not cached) are not refused: no estimate.
+    """
+    from core.errors import ModelForgeError, Problem
+    from core.hardware import probe
+    from core.memory import estimate_for_run, fits, model_config_for
+
+    model_config = model_config_for(config.model, task=config.task)
+    if model_config is None:
+        return []
+    try:
+        report = probe()
+        result = fits(estimate_for_run(config, model_config, report), report)
+    except ModelForgeError:
+        return []
+    if result.ok:
+        return []
+    return [Problem(f"this run needs about {result.needed_gib:.1f} GiB but only {result.available_gib:.1f} GiB "
+                    f"is free on the {result.device}", "; or ".join(result.fixes[:4]) or "choose a smaller model",
+                    field="model")]
 
 
 def load_data(config: RunConfig, tokenizer: Any, data_kinds: tuple[str, ...]) -> tuple[list, list, Any]:

@@ -107,3 +107,22 @@ def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(store, small_alpac
     assert new_steps and min(new_steps) > stopped_at  # continued, did not start over
     assert max(new_steps) == 40
     assert store.get_run(run_id).model_id is not None
+
+
+def test_preflight_refuses_an_obviously_too_large_run_with_fixes(small_alpaca, monkeypatch):
+    import core.hardware as hardware
+    from core.engine import preflight
+
+    real = hardware.probe()
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: real.__class__(
+        **{**real.__dict__, "ram_total_gib": 8.0, "ram_available_gib": 4.0}))
+    problems = preflight(RunConfig(model="mistralai/Mistral-7B-Instruct-v0.3", dataset=str(small_alpaca),
+                                   precision="fp32", max_length=2048, batch_size=8))
+    assert len(problems) == 1 and problems[0].field == "model"
+    assert "GiB" in problems[0].message and "4" in problems[0].hint
+
+
+def test_preflight_accepts_the_demo(small_alpaca):
+    from core.engine import preflight
+
+    assert preflight(RunConfig(model="demo", dataset=str(small_alpaca))) == []
