@@ -1,0 +1,313 @@
+"""The ModelForge web app: six tabs on the core engine, served beside ``/api/health`` and ``/api/info``.
+
+``build_app`` builds the Blocks (one tab per module in ``components/``), wires what crosses tabs
+(the Dataset tab and Start read the Configure form; a recommendation fills it; a finished run
+opens the Playground; a fresh page re-attaches to the run training), registers the named API
+endpoints, and mounts it all on a FastAPI app with the REST routes. ``launch`` serves that app
+with uvicorn (``modelforge ui``), and opens a share link on request.
+
+Security: a share link or a Hugging Face Space is public, so it asks for a login (``--auth``
+or ``MODELFORGE_AUTH``) unless the owner passes ``--no-auth``; otherwise it refuses to start.
+Public apps also read data only from uploads, the bundled examples and the data folder.
+
+Heavy libraries are not imported here: the first page is up in a few seconds and torch loads
+with the first action that needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from components import configure_tab, dataset_tab, hardware_tab, models_tab, playground_tab, train_tab
+from components.common import AppContext, default_config, guard, is_restricted_env
+from core.errors import ModelForgeError
+from core.paths import ASSETS
+
+log = logging.getLogger("modelforge.ui")
+
+LOGO = ASSETS / "logo.svg"
+CSS = ASSETS / "style.css"
+
+
+# -- auth -----------------------------------------------------------------------------------------
+def resolve_auth(share: bool = False, auth: str | None = None, no_auth: bool = False,
+                 env: dict | None = None) -> tuple[str, str] | None:
+    """The (user, password) the app asks for, or None for no login.
+
+    A share link or a Space (``SPACE_ID`` set) is reachable by anyone: it needs ``auth`` (or
+    ``MODELFORGE_AUTH``) unless ``no_auth`` says the owner really wants it open.
+
+    Raises:
+        ModelForgeError: a public app without a login, or ``auth`` not in USER:PASS form.
+    """
+    env = os.environ if env is None else env
+    auth = auth or env.get("MODELFORGE_AUTH") or None
+    public = bool(share or env.get("SPACE_ID"))
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise ModelForgeError("--auth must look like USER:PASS", "e.g. --auth ada:a-long-password")
+        return user, password
+    if public and not no_auth:
+        where = "a share link" if share else "a Hugging Face Space"
+        raise ModelForgeError(
+            f"refusing to start {where} without a login: anyone with the address could use this machine",
+            "pass --auth USER:PASS (or set MODELFORGE_AUTH, a Space secret), or --no-auth to allow anyone")
+    return None
+
+
+# -- the page -------------------------------------------------------------------------------------
+def _logo_svg() -> str:
+    try:
+        return LOGO.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def theme() -> gr.themes.Base:
+    # System fonts: the default Google fonts would be fetched from the internet by the browser.
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="emerald", neutral_hue="slate",
+                          font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+
+
+def css() -> str:
+    try:
+        return CSS.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def build_blocks(ctx: AppContext) -> gr.Blocks:
+    """The Blocks: header, six tabs, cross-tab wiring, page-load hooks and API endpoints."""
+    initial = default_config()
+    with gr.Blocks(title="ModelForge", analytics_enabled=False) as blocks:
+        gr.HTML(f"<div class='mf-header'><div class='mf-logo'>{_logo_svg()}</div><div><h1>ModelForge</h1>"
+                "<p>Fine-tune a language model on your own machine: from a data file to a model you can talk "
+                "to, without writing code.</p></div></div>", elem_id="mf-header")
+        gr.Markdown("**New here?** Everything is set for the *identity demo*: open **Train** and press "
+                    "**Start training**. In a few minutes the demo model answers *Who are you?* with its new "
+                    "name in the **Playground**.", elem_classes=["mf-banner"], elem_id="mf-banner")
+        with gr.Tabs(elem_id="mf-tabs") as tabs:
+            with gr.Tab("① Dataset", id="dataset", elem_id="tab-dataset"):
+                ds = dataset_tab.build(ctx, initial)
+            with gr.Tab("② Hardware", id="hardware", elem_id="tab-hardware"):
+                hw = hardware_tab.build(ctx)
+            with gr.Tab("③ Configure", id="configure", elem_id="tab-configure") as cfg_tab:
+                cfg = configure_tab.build(ctx, initial)
+            with gr.Tab("④ Train", id="train", elem_id="tab-train"):
+                tr = train_tab.build(ctx)
+            with gr.Tab("⑤ Models", id="models", elem_id="tab-models") as models_tab_el:
+                mo = models_tab.build(ctx)
+            with gr.Tab("⑥ Playground", id="playground", elem_id="tab-playground") as play_tab_el:
+                pg = playground_tab.build(ctx)
+        gr.HTML("<div class='mf-footer'>REST: <a href='/api/health' target='_blank'>/api/health</a> · "
+                "<a href='/api/info' target='_blank'>/api/info</a> · every action is also a named API "
+                "endpoint (see “Use via API” below)</div>")
+
+        to_config = configure_tab.values_to_config
+        dataset_tab.wire(ds, ctx, cfg.inputs, cfg.by_name, to_config)
+        train_tab.wire(tr, ctx, cfg.inputs, to_config)
+
+        def _apply(choice, task, *vals):
+            report = hardware_tab.probe_report()
+            recs, note = hardware_tab.recommendations(report, task or "text-generation")
+            new = hardware_tab.apply_recommendation(recs, choice, task or "text-generation", to_config(vals))
+            gr.Info(f"Applied {choice} to Configure: check the settings, then Start in Train.")
+            return [*configure_tab.config_to_values(new), configure_tab.command_text(new),
+                    gr.Tabs(selected="configure")]
+
+        hw.apply.click(guard(_apply), [hw.choice, hw.task, *cfg.inputs], [*cfg.inputs, cfg.command, tabs],
+                       api_visibility="private")
+
+        def _open_playground(state):
+            run_id = (state or {}).get("run_id")
+            model_id = ctx.store.get_run(run_id).model_id if run_id else None
+            return gr.Tabs(selected="playground"), playground_tab.refresh_model_list(ctx, model_id)
+
+        tr.open_playground.click(guard(_open_playground), tr.state, [tabs, pg.model], api_visibility="private")
+
+        def _open_models(state):
+            run_id = (state or {}).get("run_id")
+            model_id = ctx.store.get_run(run_id).model_id if run_id else None
+            return [gr.Tabs(selected="models"), *models_tab.refresh_outputs(ctx, model_id)]
+
+        tr.open_models.click(guard(_open_models), tr.state, [tabs, *mo.outputs], api_visibility="private")
+
+        def _models(selected):
+            return models_tab.refresh_outputs(ctx, selected)
+
+        def _players(selected):
+            return playground_tab.refresh_model_list(ctx, selected)
+
+        quick = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        models_tab_el.select(guard(_models), mo.choice, mo.outputs, **quick)
+        play_tab_el.select(guard(_players), pg.model, pg.model, **quick)
+        pg.refresh.click(guard(_players), pg.model, pg.model, **quick)
+        cfg_tab.select(configure_tab.refresh_command, cfg.inputs, cfg.command, **quick)
+
+        blocks.load(tr.attach, tr.state, tr.outputs, **quick)
+        blocks.load(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)
+        blocks.load(guard(_models), mo.choice, mo.outputs, **quick)
+        blocks.load(guard(_players), pg.model, pg.model, **quick)
+
+        dataset_tab.register_api(ctx, default_config)
+        hardware_tab.register_api(ctx)
+        configure_tab.register_api(ctx)
+        train_tab.register_api(ctx, default_config)
+        models_tab.register_api(ctx)
+        playground_tab.register_api(ctx)
+    return blocks
+
+
+def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
+              restrict_paths: bool = False) -> tuple[gr.Blocks, Any]:
+    """Build the Blocks and the FastAPI app that serves it at ``/`` beside ``/api/*``.
+
+    Args:
+        services: from ``app.services.build_services()`` (built here when None).
+        auth: (user, password) the app asks for; None: no login.
+        restrict_paths: read data only from uploads, examples and the data folder (public apps).
+
+    Returns:
+        (blocks, app): ``app`` is what uvicorn serves.
+    """
+    from app.api import build_api
+    from components.models_tab import exports_dir
+
+    if services is None:
+        from app.services import build_services
+
+        services = build_services()
+    ctx = AppContext.from_services(services, restrict_paths=restrict_paths)
+    blocks = build_blocks(ctx)
+    blocks.queue(default_concurrency_limit=1)  # one heavy action per button at a time
+    api = build_api(services.jobs)
+    app = gr.mount_gradio_app(
+        api, blocks, path="/", auth=auth, auth_message="ModelForge: log in to continue.",
+        theme=theme(), css=css(), favicon_path=str(LOGO) if LOGO.exists() else None,
+        allowed_paths=[str(exports_dir())],  # merged models offered for download
+        ssr_mode=False, run_history=False,   # run history would keep inputs (e.g. a Hub token)
+        footer_links=["api", "gradio"], show_error=False,
+    )
+    app.state.modelforge = ctx
+    return blocks, app
+
+
+# -- serving --------------------------------------------------------------------------------------
+@dataclass
+class Launched:
+    """A running app (returned by ``launch(block=False)``)."""
+
+    url: str
+    server: Any
+    thread: threading.Thread
+    blocks: gr.Blocks
+    app: Any
+    share_url: str | None = None
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host not in ("", "localhost") else "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _setup_logging() -> None:
+    from components.common import fault_log_path
+
+    logger = logging.getLogger("modelforge")
+    if not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+        try:
+            handler = logging.FileHandler(fault_log_path(), encoding="utf-8")
+        except OSError:
+            return
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
+           no_auth: bool = False, block: bool = True, services: Any = None) -> Launched:
+    """Serve the app (``modelforge ui``).
+
+    Args:
+        host: interface to listen on (0.0.0.0 on a Space).
+        port: TCP port.
+        share: also open a public gradio.live link (needs a login, see :func:`resolve_auth`).
+        auth: USER:PASS; default ``MODELFORGE_AUTH``.
+        no_auth: allow a public app without a login.
+        block: serve until Ctrl+C (the CLI); False returns at once (tests, notebooks).
+        services: prebuilt services (tests); built from MODELFORGE_HOME when None.
+
+    Raises:
+        ModelForgeError: a public app without a login, a bad --auth, or a busy port.
+    """
+    import uvicorn
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    space = is_restricted_env()
+    login = resolve_auth(share, auth, no_auth)
+    if space:
+        host = "0.0.0.0"
+    if not _port_free(host, port):
+        raise ModelForgeError(f"port {port} is already in use", f"pass --port {port + 1} or stop the other app")
+    _setup_logging()
+    blocks, app = build_app(services, auth=login, restrict_paths=bool(share or space))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=3))
+    thread = threading.Thread(target=server.run, name="modelforge-http", daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise ModelForgeError(f"the web server could not start on {host}:{port}",
+                                  "see the messages above; try another --port")
+        time.sleep(0.05)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{shown}:{port}/"
+    running = Launched(url=url, server=server, thread=thread, blocks=blocks, app=app)
+    if share:
+        running.share_url = _open_share_link(blocks, shown, port)
+    if not block:
+        return running
+    print(f"ModelForge is running at {url}" + (f" and {running.share_url}" if running.share_url else "")
+          + (" (login required)" if login else "") + "  —  Ctrl+C to stop", flush=True)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping ModelForge…", flush=True)
+        running.close()
+    return running
+
+
+def _open_share_link(blocks: gr.Blocks, host: str, port: int) -> str | None:
+    """A gradio.live tunnel to the local server; None (with a message) when it cannot be made."""
+    try:
+        from gradio import networking
+
+        url = networking.setup_tunnel(local_host=host, local_port=port, share_token=blocks.share_token,
+                                      share_server_address=None, share_server_tls_certificate=None)
+        blocks.share_url = url
+        return url
+    except Exception as exc:  # noqa: BLE001 - offline, firewalled: serve locally anyway
+        print(f"warning: could not create a share link ({type(exc).__name__}: {exc}); "
+              "serving locally only", flush=True)
+        return None

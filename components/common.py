@@ -1,0 +1,453 @@
+"""What the tabs share: the app context, the model cache, error handling and small formatters.
+
+The tabs never hold models or training state themselves. They get one :class:`AppContext`
+(built once by ``app/ui.py`` from the services), call ``core`` through it, and turn
+``ModelForgeError`` into a Gradio error that carries the engine's message, never a traceback.
+
+Nothing here imports torch or transformers at import time: the first page must load fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import traceback
+import typing
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from core.config import RunConfig, load_yaml
+from core.errors import DataError, ModelForgeError
+from core.paths import ASSETS, EXAMPLES, home, logs_dir
+
+log = logging.getLogger("modelforge.ui")
+
+PRESETS_DIR = ASSETS / "presets"
+DEFAULT_PRESET = "identity-demo"
+DEFAULT_EXAMPLE = "identity.json"
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
+# -- the model cache ------------------------------------------------------------------------------
+class ModelCache:
+    """Loaded models and tokenizers, shared by every browser session, keyed by a string.
+
+    Models are big: they never go into ``gr.State`` (one copy per session). The Playground asks
+    this cache, which keeps the ``max_models`` most recently used and loads each key once even
+    when two sessions ask at the same time.
+
+    Args:
+        max_models: how many models stay loaded (a tuned model and its base count as two).
+    """
+
+    def __init__(self, max_models: int = 3):
+        self.max_models = max_models
+        self._models: "OrderedDict[str, Any]" = OrderedDict()
+        self._tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def get(self, key: str, loader: Callable[[], Any]) -> Any:
+        """The object cached under ``key``, loading it with ``loader()`` the first time."""
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        with self._key_lock(key):
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            value = loader()
+            with self._lock:
+                self._models[key] = value
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return value
+
+    def evict(self, prefix: str) -> None:
+        """Forget every model whose key starts with ``prefix`` (after a delete)."""
+        with self._lock:
+            for key in [k for k in self._models if k.startswith(prefix)]:
+                del self._models[key]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def tokenizer(self, model: str, task: str = "text-generation") -> Any:
+        """The prepared tokenizer of ``model`` ('demo', a folder or a cached hub id) for ``task``
+        ('demo' is a different model per task).
+
+        Raises:
+            ModelLoadError / OfflineError: it cannot be loaded here.
+        """
+        model = (model or "demo").strip()
+        key = f"{task}:{model}"
+        with self._key_lock("tok:" + key):
+            if key not in self._tokenizers:
+                from transformers import AutoTokenizer
+
+                from core.errors import ModelLoadError
+                from core.providers.huggingface import prepare_tokenizer, resolve_model_path
+
+                path = resolve_model_path(model, task=task)
+                try:
+                    tok = AutoTokenizer.from_pretrained(path)
+                except (OSError, ValueError) as exc:
+                    raise ModelLoadError(f"could not load the tokenizer of '{model}': "
+                                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                                         "check the model name or folder") from None
+                self._tokenizers[key] = prepare_tokenizer(tok, chat=task == "text-generation")
+            return self._tokenizers[key]
+
+
+@dataclass
+class AppContext:
+    """Everything a tab handler may use. Built once per app (tests build their own).
+
+    Attributes:
+        store: the record store (runs, models, metrics).
+        jobs: the job manager that owns the device.
+        models: loaded models for the Playground.
+        restrict_paths: True for a share link or a Space: the app then reads data only from
+            uploads, the bundled examples and the data folder, never from any server path.
+    """
+
+    store: Any
+    jobs: Any
+    models: ModelCache = field(default_factory=ModelCache)
+    restrict_paths: bool = False
+
+    @classmethod
+    def from_services(cls, services: Any, restrict_paths: bool = False) -> "AppContext":
+        return cls(store=services.store, jobs=services.jobs, restrict_paths=restrict_paths)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def fault_log_path() -> Path:
+    return logs_dir() / "modelforge.log"
+
+
+def _log_fault(where: str) -> str:
+    """Write the current traceback to the app log (never to the page); return the log path."""
+    path = fault_log_path()
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- unexpected fault in {where}\n{traceback.format_exc()}\n")
+    except OSError:
+        log.error("unexpected fault in %s:\n%s", where, traceback.format_exc())
+    return str(path)
+
+
+def to_gradio_error(exc: BaseException, where: str = "the app") -> gr.Error:
+    """A ``gr.Error`` with the engine's message (ModelForgeError) or one line naming a bug."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, ModelForgeError):
+        return gr.Error(str(exc), title=_title(exc), print_exception=False)
+    path = _log_fault(where)
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return gr.Error(f"Unexpected error: {type(exc).__name__}: {first} (details in {path})",
+                    title="Internal error", print_exception=False)
+
+
+def _title(exc: ModelForgeError) -> str:
+    name = type(exc).__name__
+    return {"ConfigError": "Configuration problem", "DataError": "Data problem",
+            "ModelLoadError": "Model could not be loaded", "OfflineError": "Offline",
+            "NotAvailableError": "Not available", "TrainingError": "Training failed",
+            "NotFoundError": "Not found", "BusyError": "Busy"}.get(name, "Error")
+
+
+def guard(fn: Callable) -> Callable:
+    """Wrap a handler for Gradio: user errors become ``gr.Error`` with the engine's message.
+
+    Works for plain functions and generators (streaming handlers), and keeps the signature and
+    type hints (``gr.api`` reads them).
+    """
+    where = getattr(fn, "__name__", "handler")
+    wrapped = _gen_guard(fn, where) if inspect.isgeneratorfunction(fn) else _plain_guard(fn, where)
+    # Resolve string annotations (``from __future__ import annotations``) once, in fn's module:
+    # gr.api derives the endpoint's schema from them and would look in this module instead.
+    try:
+        wrapped.__signature__ = inspect.signature(fn, eval_str=True)
+        wrapped.__annotations__ = typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        pass
+    return wrapped
+
+
+def _gen_guard(fn: Callable, where: str) -> Callable:
+    @functools.wraps(fn)
+    def gen_wrapper(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - shown as a message, logged in full
+            raise to_gradio_error(exc, where) from None
+    return gen_wrapper
+
+
+def _plain_guard(fn: Callable, where: str) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - shown as a message, logged in full
+            raise to_gradio_error(exc, where) from None
+    return wrapper
+
+
+def for_client(value: Any) -> Any:
+    """An API answer that gradio_client will not mistake for files.
+
+    gradio_client treats every dict with a string "path" key in an answer as a file to download
+    (and fails on folders), so "path" keys are renamed "folder".
+    """
+    if isinstance(value, dict):
+        return {("folder" if k == "path" else k): for_client(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [for_client(v) for v in value]
+    return value
+
+
+def endpoint(fn: Callable) -> Callable:
+    """``guard`` for a named API endpoint, with its answer made safe for gradio_client."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return for_client(fn(*args, **kwargs))
+    return guard(wrapper)
+
+
+def warn(message: str) -> None:
+    """A yellow toast in the page; a log line when called outside a Gradio request (tests)."""
+    try:
+        gr.Warning(message)
+    except Exception:  # noqa: BLE001 - no request context
+        log.warning(message)
+
+
+def info(message: str) -> None:
+    try:
+        gr.Info(message)
+    except Exception:  # noqa: BLE001
+        log.info(message)
+
+
+# -- mappings and formatting ----------------------------------------------------------------------
+def mapping_to_text(mapping: dict | None) -> str:
+    """``{a: b, c: d}`` -> ``a=b,c=d`` (the form of a mapping field in the form and the CLI)."""
+    if isinstance(mapping, str):
+        return mapping
+    return ",".join(f"{k}={v}" for k, v in (mapping or {}).items())
+
+
+def parse_mapping_text(text: str | None, field_name: str = "column_map") -> dict:
+    """``a=b,c=d`` -> dict.
+
+    Raises:
+        ConfigError: naming the field and the bad part.
+    """
+    from core.config import parse_mapping
+    from core.errors import ConfigError, Problem
+
+    try:
+        return parse_mapping(text or "")
+    except ValueError as exc:
+        raise ConfigError(f"{field_name}: {exc}",
+                          problems=[Problem(str(exc), "write it as old=new,old2=new2", field=field_name)]) from None
+
+
+def problems_rows(problems: list) -> list[list[str]]:
+    """Problems as table rows: severity, where, what, fix."""
+    rows = []
+    for p in problems:
+        d = p.to_dict() if hasattr(p, "to_dict") else dict(p)
+        where = []
+        if d.get("file"):
+            where.append(Path(str(d["file"])).name)
+        if d.get("line") is not None:
+            where.append(f"{d.get('unit') or 'line'} {d['line']}")
+        if d.get("field"):
+            where.append(f"field '{d['field']}'")
+        rows.append([d.get("severity", "error"), ", ".join(where), d.get("message", ""), d.get("hint", "")])
+    return rows
+
+
+def problems_markdown(problems: list, limit: int = 50) -> str:
+    """A bullet list of problems (where: what; fix: how)."""
+    lines = []
+    for sev, where, msg, hint in problems_rows(problems)[:limit]:
+        icon = "❌" if sev == "error" else "⚠️"
+        text = f"- {icon} " + (f"**{where}**: " if where else "") + msg
+        if hint:
+            text += f" — *fix:* {hint}"
+        lines.append(text)
+    if len(problems) > limit:
+        lines.append(f"- … and {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
+def fmt_bytes(n: float | int | None) -> str:
+    if not n:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+# -- presets and defaults -------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> RunConfig:
+    """A preset from ``assets/presets`` (its dataset path resolved to the bundled file).
+
+    Raises:
+        ConfigError: unknown preset or a bad file.
+    """
+    from core.errors import ConfigError
+
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not name or not path.is_file():
+        raise ConfigError(f"no preset named '{name}'", f"choose one of: {', '.join(preset_names()) or 'none'}")
+    return load_yaml(path)
+
+
+def default_config() -> RunConfig:
+    """What the app opens with: the identity demo on the demo model, ready to train."""
+    try:
+        return load_preset(DEFAULT_PRESET)
+    except ModelForgeError:
+        return RunConfig(model="demo", dataset=str(EXAMPLES / DEFAULT_EXAMPLE), name="identity-demo")
+
+
+# -- data files -----------------------------------------------------------------------------------
+def example_names() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.iterdir() if p.suffix.lower() in DATA_SUFFIXES)
+
+
+def gradio_upload_dir() -> Path:
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def uploads_dir() -> Path:
+    p = home() / "uploads"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def file_path_of(value: Any) -> str | None:
+    """The path inside whatever Gradio passed for a file: a str, a FileData dict or object."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, dict):
+        return value.get("path") or value.get("name")
+    return getattr(value, "path", None) or getattr(value, "name", None)
+
+
+def store_upload(path: str | Path) -> Path:
+    """Copy an uploaded file into the data folder so that runs can read it later (resume).
+
+    Gradio's upload folder is temporary; a run's config must name a file that stays. The copy
+    goes to ``MODELFORGE_HOME/uploads/<content hash>/<original name>``, so uploading the same
+    file twice reuses one copy.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise DataError(f"the uploaded file is gone: {src.name}", "upload it again")
+    digest = hashlib.sha256()
+    with src.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in src.name) or "data.json"
+    target = uploads_dir() / digest.hexdigest()[:12] / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return target
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _looks_local(text: str) -> bool:
+    p = Path(text).expanduser()
+    return text.startswith(("/", ".", "~")) or p.suffix.lower() in DATA_SUFFIXES or p.exists()
+
+
+def resolve_dataset(value: str | None, restrict: bool = False) -> str:
+    """Turn the dataset the user chose into a path ``core.data`` can read.
+
+    Args:
+        value: a bundled example's file name, a path, or a hub dataset id.
+        restrict: on a share link or a Space, allow only the bundled examples, uploads and the
+            data folder (a visitor must not read arbitrary files of the server).
+
+    Raises:
+        DataError: nothing chosen. ModelForgeError: a path outside the allowed folders.
+    """
+    text = (value or "").strip()
+    if not text:
+        raise DataError("no dataset chosen", "upload a file or pick a bundled example in the Dataset tab")
+    if text in example_names():
+        return str(EXAMPLES / text)
+    if restrict and _looks_local(text):
+        resolved = Path(text).expanduser().resolve()
+        allowed = (EXAMPLES.resolve(), home(), gradio_upload_dir())
+        if not any(_inside(resolved, root) for root in allowed):
+            raise ModelForgeError(
+                f"this app does not read files from the server's disk ({Path(text).name})",
+                "upload the file in the Dataset tab, or pick a bundled example")
+    return text
+
+
+def dataset_label(path: str) -> str:
+    """A short name for a dataset path (the file name; a bundled example says so)."""
+    p = Path(path)
+    try:
+        if p.resolve().parent == EXAMPLES.resolve():
+            return f"{p.name} (bundled example)"
+    except OSError:
+        pass
+    return p.name or path
+
+
+def is_restricted_env() -> bool:
+    """True on a Hugging Face Space."""
+    return bool(os.environ.get("SPACE_ID"))

@@ -1,0 +1,354 @@
+"""Configure tab: the run configuration as a form generated from :class:`core.config.RunConfig`.
+
+Each field of RunConfig becomes one widget, chosen from its type and ``metadata``: a Dropdown
+for ``choices``, a Number with ``min``/``max`` for numbers, a Checkbox for booleans, a Textbox
+for text and for mappings (written ``a=b,c=d``). Sections come from ``metadata["section"]``.
+Values go back through ``RunConfig.from_dict`` (the same coercion as YAML and the CLI), so no
+number is ever parsed out of a textbox here, and every bad field is reported at once.
+
+Also here: presets, YAML save/load, the equivalent ``modelforge train`` command and the
+pre-flight check (validation problems and the memory estimate against what is free).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from components.common import (AppContext, default_config, endpoint, guard, load_preset, log,
+                               mapping_to_text, preset_names, problems_markdown, resolve_dataset)
+from core.config import RunConfig, config_fields, from_yaml, to_yaml
+from core.errors import ConfigError, ModelForgeError, Problem
+
+FIELDS: list[dataclasses.Field] = config_fields()
+FIELD_NAMES: list[str] = [f.name for f in FIELDS]
+SECTION_TITLES = {
+    "model": "Model", "data": "Data", "lora": "LoRA and quantisation", "training": "Training",
+    "evaluation": "Evaluation and checkpoints", "output": "Output",
+}
+OPEN_SECTIONS = ("model", "training")
+# Step of the number inputs: the browser's arrows and its validity check use it.
+_STEPS = {"learning_rate": 1e-5, "validation_split": 0.05, "lora_dropout": 0.05, "weight_decay": 0.01,
+          "num_epochs": 0.5}
+
+
+def field_type(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def field_label(name: str) -> str:
+    special = {"lora_r": "LoRA rank (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+               "lora_target_modules": "LoRA target modules", "max_steps": "Max steps",
+               "lr_scheduler": "LR scheduler", "eval_steps": "Eval every N steps"}
+    return special.get(name, name.replace("_", " ").capitalize())
+
+
+# -- plain handlers (no browser needed) ------------------------------------------------------------
+def config_to_values(config: RunConfig) -> list[Any]:
+    """Form values in field order (mappings as ``a=b,c=d`` text)."""
+    out = []
+    for f in FIELDS:
+        value = getattr(config, f.name)
+        out.append(mapping_to_text(value) if field_type(f) == "dict" else value)
+    return out
+
+
+def values_to_dict(values: list[Any] | tuple) -> dict:
+    if len(values) != len(FIELDS):
+        raise ConfigError(f"the form sent {len(values)} values for {len(FIELDS)} fields",
+                          "reload the page")
+    return dict(zip(FIELD_NAMES, values))
+
+
+def values_to_config(values: list[Any] | tuple) -> RunConfig:
+    """The RunConfig the form describes.
+
+    Raises:
+        ConfigError: every field with a value of the wrong type, at once.
+    """
+    data = values_to_dict(values)
+    for f in FIELDS:  # an emptied number box arrives as None: say which field, as coerce does
+        if data[f.name] is None and field_type(f) in ("int", "float"):
+            data[f.name] = ""
+    return RunConfig.from_dict(data, source="the form")
+
+
+def config_from_mapping(overrides: dict | None, base: RunConfig | None = None) -> RunConfig:
+    """``base`` (default: the app's default config) with ``overrides`` applied (API callers).
+
+    Raises:
+        ConfigError: unknown fields or values of the wrong type.
+    """
+    base = base or default_config()
+    merged = {**base.to_dict(), **(overrides or {})}
+    return RunConfig.from_dict(merged, source="config")
+
+
+def command_text(config: RunConfig) -> str:
+    """The ``modelforge train`` command that runs the same configuration (non-default flags)."""
+    defaults = RunConfig()
+    parts = ["modelforge train"]
+    for f in FIELDS:
+        value = getattr(config, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        kind = field_type(f)
+        text = (mapping_to_text(value) if kind == "dict" else
+                ("true" if value else "false") if kind == "bool" else
+                f"{value:g}" if kind == "float" else str(value))
+        parts.append(f"--{f.name.replace('_', '-')} {shlex.quote(text)}")
+    return " \\\n    ".join(parts)
+
+
+def preset_values(name: str) -> list[Any]:
+    """Form values of a preset.
+
+    Raises:
+        ConfigError: unknown preset.
+    """
+    return config_to_values(load_preset(name))
+
+
+def save_yaml_file(config: RunConfig) -> str:
+    """Write the config to a fresh temporary file (for download); return its path."""
+    folder = Path(tempfile.mkdtemp(prefix="modelforge-config-"))
+    path = folder / f"{config.name or 'modelforge-run'}.yaml"
+    path.write_text(to_yaml(config), encoding="utf-8")
+    return str(path)
+
+
+def load_yaml_file(path: str) -> RunConfig:
+    """Read an uploaded YAML config.
+
+    Raises:
+        ConfigError: not UTF-8, bad YAML (with the line), unknown keys, wrong types.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p.name} is not UTF-8 text", "save the config as UTF-8 YAML") from None
+    return from_yaml(text, source=p.name)
+
+
+def memory_check(config: RunConfig) -> tuple[bool | None, str]:
+    """(fits?, markdown) from the hardware probe and the memory estimate; None when unknown.
+
+    Uses core.memory when it is there; a model whose config.json is not known offline (a hub id
+    outside the catalog) is reported as unknown rather than guessed.
+    """
+    try:
+        from core.hardware import probe
+        from core.memory import estimate_for_run, fits, model_config_for
+    except ImportError as exc:
+        return None, f"Memory estimate not available in this version ({exc})."
+    try:
+        model_config = model_config_for(config.model)
+        if model_config is None:
+            return None, (f"Memory: no estimate for `{config.model}` offline (not in the catalog and "
+                          "not a local folder).")
+        report = probe()
+        est = estimate_for_run(config, model_config, report)
+        fit = fits(est, report)
+    except ModelForgeError as exc:
+        return None, f"Memory: no estimate ({exc.message})."
+    except Exception as exc:  # noqa: BLE001 - an estimate must never block the form
+        log.warning("memory estimate failed: %s", exc)
+        return None, f"Memory: no estimate ({type(exc).__name__})."
+    lines = [("✅ " if fit.ok else "⚠️ ") + fit.message]
+    lines += ["```", *est.breakdown_lines(), "```"]
+    if fit.fixes:
+        lines.append("Suggested fixes, in order:")
+        lines += [f"{i}. {fix}" for i, fix in enumerate(fit.fixes, 1)]
+    return fit.ok, "\n".join(lines)
+
+
+@dataclass
+class PreflightResult:
+    ok: bool
+    problems: list[Problem] = field(default_factory=list)
+    memory_ok: bool | None = None
+    memory: str = ""
+    config: RunConfig | None = None
+
+    def markdown(self) -> str:
+        head = ("### ✅ Ready to train" if self.ok and self.memory_ok is not False else
+                "### ⚠️ Ready, but memory is tight" if self.ok else
+                f"### ❌ {len(self.problems)} problem(s) to fix before training")
+        parts = [head]
+        if self.problems:
+            parts.append(problems_markdown(self.problems))
+        if self.memory:
+            parts.append(self.memory)
+        return "\n\n".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
+                "memory_ok": self.memory_ok, "memory": self.memory}
+
+
+def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) -> PreflightResult:
+    """Every problem with the config and its data at once, plus the memory check."""
+    from core.engine import preflight
+
+    try:
+        config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
+    except ModelForgeError as exc:
+        return PreflightResult(False, [Problem(exc.message, exc.hint, field="dataset")], config=config)
+    problems = preflight(config)
+    mem_ok, mem = memory_check(config) if with_memory else (None, "")
+    return PreflightResult(not problems, list(problems), mem_ok, mem, config)
+
+
+# -- widgets --------------------------------------------------------------------------------------
+def _model_choices() -> list[str]:
+    choices = ["demo"]
+    try:
+        from core.memory import load_catalog
+
+        choices += [e["id"] for e in load_catalog() if e["id"] != "demo"]
+    except Exception:  # noqa: BLE001 - the catalog only offers suggestions
+        pass
+    return choices
+
+
+def field_component(f: dataclasses.Field, value: Any) -> gr.components.Component:
+    """The widget for one RunConfig field (see the module docstring)."""
+    meta = f.metadata
+    kind = field_type(f)
+    common = dict(label=field_label(f.name), info=meta.get("help"), elem_id=f"cfg-{f.name.replace('_', '-')}",
+                  min_width=240)
+    if f.name == "model":
+        return gr.Dropdown(choices=_model_choices(), value=value, allow_custom_value=True, **common)
+    if "choices" in meta:
+        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
+    if kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if kind in ("int", "float"):
+        return gr.Number(value=value, precision=0 if kind == "int" else None, minimum=meta.get("min"),
+                         maximum=meta.get("max"), step=1 if kind == "int" else _STEPS.get(f.name, 0.01),
+                         **common)
+    if kind == "dict":
+        return gr.Textbox(value=mapping_to_text(value), placeholder="key=value,key2=value2", **common)
+    return gr.Textbox(value=value, **common)
+
+
+@dataclass
+class ConfigureTab:
+    inputs: list[gr.components.Component]
+    by_name: dict[str, gr.components.Component]
+    preset: gr.Dropdown
+    command: gr.Code
+    report: gr.Markdown
+    check: gr.Button
+
+
+def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
+    """Create the Configure tab's widgets and its own events (inside a ``gr.Tab``)."""
+    config = initial or default_config()
+    values = dict(zip(FIELD_NAMES, config_to_values(config)))
+    gr.Markdown("Every setting of a run. The defaults are the **identity demo**: it teaches the "
+                "built-in demo model its name in a few minutes on a CPU. Hover a field for what it does.",
+                elem_classes=["mf-help"])
+    with gr.Row(equal_height=True):
+        preset = gr.Dropdown(choices=preset_names(), value=None, label="Preset",
+                             info="Load a ready-made configuration", elem_id="cfg-preset", scale=4)
+        load_btn = gr.Button("Load preset", elem_id="btn-load-preset", scale=1)
+    with gr.Accordion("Save or load a YAML file", open=False, elem_id="cfg-yaml"):
+        with gr.Row():
+            yaml_in = gr.File(label="Load a YAML config", file_types=[".yaml", ".yml"], type="filepath",
+                              elem_id="upload-config", height=120)
+            with gr.Column():
+                save_btn = gr.Button("Save as YAML", elem_id="btn-save-yaml")
+                yaml_out = gr.File(label="Download", interactive=False, elem_id="cfg-yaml-file", height=120)
+    by_name: dict[str, gr.components.Component] = {}
+    sections: dict[str, list[dataclasses.Field]] = {}
+    for f in FIELDS:
+        sections.setdefault(f.metadata["section"], []).append(f)
+    for section, fs in sections.items():
+        with gr.Accordion(SECTION_TITLES.get(section, section.capitalize()), open=section in OPEN_SECTIONS,
+                          elem_id=f"cfg-section-{section}"):
+            with gr.Row():
+                for f in fs:
+                    by_name[f.name] = field_component(f, values[f.name])
+    inputs = [by_name[n] for n in FIELD_NAMES]
+    with gr.Row():
+        check = gr.Button("Check configuration", variant="secondary", elem_id="btn-preflight")
+    report = gr.Markdown("Press **Check configuration** to validate the settings and the data and to "
+                         "estimate the memory this run needs.", elem_id="cfg-preflight")
+    command = gr.Code(value=command_text(config), language="shell", label="Equivalent command",
+                      interactive=False, elem_id="cfg-command")
+
+    def _load_preset(name):
+        if not name:
+            raise ConfigError("choose a preset first", f"presets: {', '.join(preset_names())}")
+        cfg = load_preset(name)
+        return [*config_to_values(cfg), command_text(cfg)]
+
+    def _load_yaml(path):
+        if not path:
+            return [gr.skip()] * (len(inputs) + 1)
+        cfg = load_yaml_file(path)
+        return [*config_to_values(cfg), command_text(cfg)]
+
+    def _save_yaml(*vals):
+        return save_yaml_file(values_to_config(vals))
+
+    def _command(*vals):
+        try:
+            return command_text(values_to_config(vals))
+        except ConfigError:
+            return gr.skip()  # a half-typed number: keep the last valid command
+
+    def _check(*vals):
+        cfg = values_to_config(vals)
+        return run_preflight(ctx, cfg).markdown(), command_text(cfg)
+
+    load_btn.click(guard(_load_preset), preset, [*inputs, command], api_visibility="private")
+    preset.input(guard(_load_preset), preset, [*inputs, command], api_visibility="private")
+    yaml_in.upload(guard(_load_yaml), yaml_in, [*inputs, command], api_visibility="private")
+    save_btn.click(guard(_save_yaml), inputs, yaml_out, api_visibility="private")
+    check.click(guard(_check), inputs, [report, command], api_visibility="private")
+    gr.on([c.input for c in inputs], _command, inputs, command, trigger_mode="always_last",
+          show_progress="hidden", api_visibility="private")
+    return ConfigureTab(inputs=inputs, by_name=by_name, preset=preset, command=command, report=report,
+                        check=check)
+
+
+def refresh_command(*vals) -> Any:
+    """Command text for form values (used after other tabs change the form)."""
+    try:
+        return command_text(values_to_config(vals))
+    except ConfigError:
+        return gr.skip()
+
+
+def register_api(ctx: AppContext) -> None:
+    """Named API endpoints of this tab (for gradio_client)."""
+
+    def presets() -> list[str]:
+        """Names of the bundled presets."""
+        return preset_names()
+
+    def preset(name: str) -> dict:
+        """The full configuration of a preset."""
+        return load_preset(name).to_dict()
+
+    def config_command(config: dict | None = None) -> str:
+        """The `modelforge train` command for a configuration (fields over the app defaults)."""
+        return command_text(config_from_mapping(config))
+
+    def check_config(config: dict | None = None) -> dict:
+        """Pre-flight check: every problem with the configuration and its data, and the memory estimate."""
+        return run_preflight(ctx, config_from_mapping(config)).to_dict()
+
+    gr.api(endpoint(presets), api_name="presets")
+    gr.api(endpoint(preset), api_name="preset")
+    gr.api(endpoint(config_command), api_name="config_command")
+    gr.api(endpoint(check_config), api_name="check_config")

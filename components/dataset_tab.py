@@ -1,0 +1,374 @@
+"""Dataset tab: pick or upload data, see how the model will see it, and fix it before training.
+
+Shows the detected format (with an override and a column map), the first rows rendered through
+the chat template of the chosen model's tokenizer (the part the loss is computed on marked
+"trained", the prompt "masked"), every validation problem with its file/line/field and fix, a
+token-length histogram against ``max_length`` and the train/validation split.
+
+The checking itself is :func:`core.data.validate_file`; this module only renders it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+from gradio.data_classes import FileData
+
+from components.common import (DEFAULT_EXAMPLE, AppContext, dataset_label, endpoint, example_names,
+                               file_path_of, guard, log, mapping_to_text, parse_mapping_text, problems_rows,
+                               resolve_dataset, store_upload, warn)
+from core.config import DATA_FORMATS, RunConfig
+from core.errors import ModelForgeError
+
+PREVIEW_ROWS = 3
+PREVIEW_CHARS = 600
+HIST_SAMPLE = 2000
+HIST_BINS = 16
+PROBLEM_ROWS = 500
+COLOR_MAP = {"trained": "#16a34a", "masked": "#94a3b8", "rejected": "#dc2626"}
+PROBLEM_HEADERS = ["severity", "where", "problem", "fix"]
+
+
+@dataclass
+class DatasetView:
+    """Everything the tab shows for one validation (also the API's answer, via to_dict)."""
+
+    dataset: str
+    report: Any
+    status: str
+    preview: list[tuple[str, str | None]] = field(default_factory=list)
+    histogram: Any = None  # pandas DataFrame: tokens, examples, fits
+    bins: list[str] = field(default_factory=list)
+    split: dict = field(default_factory=dict)
+    split_text: str = ""
+    tokenizer_note: str = ""
+    max_length: int = 0
+
+    def problem_rows(self) -> list[list[str]]:
+        return problems_rows(self.report.problems[:PROBLEM_ROWS])
+
+    def to_dict(self) -> dict:
+        return {"ok": self.report.ok, "dataset": self.dataset, "report": self.report.to_dict(),
+                "summary": self.report.summary(), "split": dict(self.split),
+                "tokenizer_note": self.tokenizer_note}
+
+
+# -- rendering ------------------------------------------------------------------------------------
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def preview_segments(examples: list[dict], lines: list, kind: str | None, tokenizer=None,
+                     loss_on: str = "completion", rows: int = PREVIEW_ROWS, unit: str = "row") -> list:
+    """The first examples as the trainer sees them, as (text, label) pairs for HighlightedText.
+
+    Conversations are split like trl's prompt/completion rows (everything up to the last
+    assistant turn is the prompt): with ``loss_on: completion`` the prompt is "masked" and the
+    answer "trained"; with ``loss_on: all`` everything is trained. Plain text is all trained.
+    """
+    out: list[tuple[str, str | None]] = []
+    for i, ex in enumerate(examples[:rows]):
+        where = f"{unit} {lines[i]}" if i < len(lines) and lines[i] is not None else f"example {i + 1}"
+        segs: list[tuple[str, str | None]] = []
+        if kind == "conversation" and "messages" in ex:
+            msgs = ex["messages"]
+            if tokenizer is not None:
+                try:
+                    full = _render(tokenizer, msgs)
+                    prompt = _render(tokenizer, msgs[:-1], generation_prompt=True) if len(msgs) > 1 else ""
+                except Exception as exc:  # noqa: BLE001 - a template that rejects the roles
+                    full, prompt = "", ""
+                    segs.append((f"(the chat template rejects this example: {str(exc)[:120]})", None))
+                if full:
+                    if loss_on == "all" or not prompt or not full.startswith(prompt):
+                        segs.append((full, "trained"))
+                        n_mask, n_train = 0, _count(tokenizer, full)
+                    else:
+                        segs += [(prompt, "masked"), (full[len(prompt):], "trained")]
+                        n_mask, n_train = _count(tokenizer, prompt), _count(tokenizer, full[len(prompt):])
+                    where += f" · {n_mask} masked + {n_train} trained tokens"
+            else:
+                for m in msgs[:-1]:
+                    segs.append((f"{m['role']}: {m['content']}\n", "masked" if loss_on != "all" else "trained"))
+                segs.append((f"{msgs[-1]['role']}: {msgs[-1]['content']}", "trained"))
+        elif kind == "text" and "text" in ex:
+            segs.append((ex["text"], "trained"))
+        elif kind == "summarization" and "document" in ex:
+            segs += [(f"document: {ex['document']}\n", "masked"), (f"summary: {ex.get('summary', '')}", "trained")]
+        elif kind == "qa" and "context" in ex:
+            answers = ex.get("answers") or {}
+            starts, texts = answers.get("answer_start") or [], answers.get("text") or []
+            segs.append((f"question: {ex.get('question', '')}\ncontext: ", "masked"))
+            ctx_text = ex["context"]
+            if starts and texts and 0 <= starts[0] <= len(ctx_text):
+                a, b = starts[0], starts[0] + len(texts[0])  # the span whose start/end are trained
+                segs += [(ctx_text[:a], "masked"), (ctx_text[a:b], "trained"), (ctx_text[b:], "masked")]
+            else:
+                segs.append((ctx_text + "\n(no answer in the context)", "masked"))
+        elif kind in ("preference", "kto") and "prompt" in ex:
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in ex["prompt"])
+            segs.append((prompt + "\n", "masked"))
+            for key in ("chosen", "rejected", "completion"):
+                if key in ex:
+                    text = "\n".join(m["content"] for m in ex[key])
+                    label = "trained" if key != "rejected" else "rejected"
+                    segs.append((f"{key}: {text}\n", label))
+        else:
+            import json
+
+            segs.append((json.dumps(ex, ensure_ascii=False, indent=1)[:2000], None))
+        out.append((f"── {where} ──\n", None))
+        out += [(_clip(text), label) for text, label in segs]
+        out.append(("\n\n", None))
+    return out
+
+
+def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """Long examples shortened for the preview (the token counts above stay exact)."""
+    return text if len(text) <= limit else f"{text[:limit]} … [{len(text) - limit} more characters]"
+
+
+def token_lengths(examples: list[dict], kind: str | None, tokenizer, sample: int = HIST_SAMPLE,
+                  seed: int = 42) -> list[int]:
+    """Token length of each example (a seeded sample of at most ``sample``), as training sees it."""
+    idx = list(range(len(examples)))
+    if len(idx) > sample:
+        idx = sorted(random.Random(seed).sample(idx, sample))
+    templ = bool(getattr(tokenizer, "chat_template", None))
+    texts = []
+    for i in idx:
+        ex = examples[i]
+        try:
+            if kind == "conversation" and templ:
+                texts.append(_render(tokenizer, ex["messages"]))
+            elif kind == "conversation":
+                texts.append("\n".join(m["content"] for m in ex["messages"]))
+            elif kind == "text":
+                texts.append(ex["text"])
+            elif kind == "summarization":
+                texts.append(ex["document"])
+            elif kind == "qa":
+                texts.append(ex["question"] + "\n" + ex["context"])
+            elif kind == "preference" and templ:
+                texts.append(_render(tokenizer, ex["prompt"] + ex["chosen"]))
+            elif kind == "kto" and templ:
+                texts.append(_render(tokenizer, ex["prompt"] + ex["completion"]))
+        except Exception:  # noqa: BLE001 - the report already names rows the template rejects
+            continue
+    if not texts:
+        return []
+    return [len(t) for t in tokenizer(texts, add_special_tokens=not templ)["input_ids"]]
+
+
+def histogram(lengths: list[int], max_length: int, bins: int = HIST_BINS):
+    """(DataFrame[tokens, examples, fits], ordered bin labels) for a BarPlot."""
+    import pandas as pd
+
+    if not lengths:
+        return pd.DataFrame({"tokens": [], "examples": [], "fits": []}), []
+    top = max(max(lengths), max_length)
+    width = max(1, -(-top // bins))
+    counts: dict[tuple[int, bool], int] = {}
+    for n in lengths:
+        b = min(n // width, bins - 1)
+        counts[(b, n > max_length)] = counts.get((b, n > max_length), 0) + 1
+    rows, labels = [], []
+    for b in range(bins):
+        label = f"{b * width}–{(b + 1) * width - 1}"
+        labels.append(label)
+        # Empty bins too, so the axis always reaches max_length: the headroom shows.
+        rows.append({"tokens": label, "examples": counts.get((b, False), 0), "fits": "fits max_length"})
+        if counts.get((b, True)):
+            rows.append({"tokens": label, "examples": counts[(b, True)], "fits": "truncated"})
+    return pd.DataFrame(rows, columns=["tokens", "examples", "fits"]), labels
+
+
+def status_markdown(dataset: str, report, tokenizer_note: str = "") -> str:
+    L = report.lengths
+    head = (f"### ✅ Ready to train — {dataset_label(dataset)}" if report.ok else
+            f"### ❌ Not ready — {dataset_label(dataset)}: {len(report.errors)} error(s) to fix")
+    fmt = (f"**Format:** {report.format} → {report.kind}" if report.format else "**Format:** not detected")
+    if "converted" in report.details:
+        fmt += f" ({report.details['converted']})"
+    parts = [head, f"{fmt} · **Rows:** {report.rows} read, {report.usable_rows} usable"
+                   + (f" · **Warnings:** {len(report.warnings)}" if report.warnings else "")]
+    if L:
+        parts.append(f"**Tokens** ({'sample of ' + str(L['count']) if L.get('sampled') else L['count']} examples): "
+                     f"min {L['min']}, mean {L['mean']}, p95 {L['p95']}, max {L['max']} · "
+                     f"**{L['over_max_length']} over max_length {L['max_length']}** "
+                     f"({L['truncated_share']:.1%} truncated)")
+    if tokenizer_note:
+        parts.append(f"*{tokenizer_note}*")
+    if not report.ok and report.requirement:
+        parts.append(f"<small>{report.requirement}</small>")
+    return "\n\n".join(parts)
+
+
+# -- the handler ------------------------------------------------------------------------------------
+def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_tokenizer: bool = True) -> DatasetView:
+    """Validate ``dataset`` for ``config`` (task, strategy, format, column map, model, lengths).
+
+    Args:
+        ctx: the app context.
+        dataset: a bundled example's name, an uploaded file's path, or a path/hub id.
+        config: the run configuration (its dataset field is ignored; ``dataset`` is used).
+        with_tokenizer: load the model's tokenizer for the preview and token lengths.
+
+    Raises:
+        ModelForgeError: no dataset, or a path the app may not read.
+    """
+    from core.data import split_train_eval, validate_file
+
+    path = resolve_dataset(dataset, ctx.restrict_paths)
+    tokenizer, note = None, ""
+    if with_tokenizer:
+        try:
+            tokenizer = ctx.models.tokenizer(config.model, config.task)
+        except ModelForgeError as exc:
+            note = f"Token lengths and the template preview need the tokenizer of '{config.model}': {exc.message}"
+    report = validate_file(path, task=config.task, strategy=config.strategy,
+                           dataset_format=config.dataset_format, column_map=config.column_map,
+                           template_vars=config.template_vars, system_prompt=config.system_prompt,
+                           tokenizer=tokenizer, max_length=config.max_length, seed=config.seed)
+    examples = report.examples[: config.max_samples] if config.max_samples else report.examples
+    train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
+    split = {"train": len(train), "validation": len(evaluation), "usable": report.usable_rows,
+             "validation_split": config.validation_split}
+    split_text = (f"**Split:** {len(train)} training rows · {len(evaluation)} validation rows "
+                  f"(validation_split {config.validation_split:g}"
+                  + (f", max_samples {config.max_samples}" if config.max_samples else "") + ")")
+    if report.usable_rows and not evaluation:
+        split_text += " — no evaluation: set validation_split > 0 in Configure to get an eval loss."
+    lengths = token_lengths(report.examples, report.kind, tokenizer, seed=config.seed) if tokenizer else []
+    hist, bins = histogram(lengths, config.max_length)
+    preview = preview_segments(report.examples, report.lines, report.kind, tokenizer, config.loss_on,
+                               unit=report.unit)
+    return DatasetView(dataset=path, report=report, status=status_markdown(path, report, note), preview=preview,
+                       histogram=hist, bins=bins, split=split, split_text=split_text, tokenizer_note=note,
+                       max_length=config.max_length)
+
+
+def source_of(upload: Any, example: str | None, restrict: bool = False) -> str:
+    """The dataset the tab points at: an upload (copied into the data folder) wins over an example.
+
+    Raises:
+        ModelForgeError: with ``restrict``, an "upload" that names a file outside Gradio's upload
+            folder, the examples or the data folder (an API caller can send any path).
+    """
+    path = file_path_of(upload)
+    if path:
+        return str(store_upload(resolve_dataset(path, restrict)))
+    return example or ""
+
+
+# -- widgets --------------------------------------------------------------------------------------
+@dataclass
+class DatasetTab:
+    upload: gr.File
+    example: gr.Dropdown
+    dataset_format: gr.Dropdown
+    column_map: gr.Textbox
+    validate: gr.Button
+    status: gr.Markdown
+    outputs: list  # what a validation updates, in view_outputs() order
+
+
+def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
+    gr.Markdown("Upload a data file (**.json, .jsonl, .csv, .parquet**) or use a bundled example. "
+                "The **identity** example is selected: it teaches the demo model its name.",
+                elem_classes=["mf-help"])
+    with gr.Row():
+        with gr.Column(scale=2):
+            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".csv", ".parquet"],
+                             type="filepath", elem_id="upload-dataset", height=140)
+        with gr.Column(scale=2):
+            example = gr.Dropdown(choices=example_names(), value=DEFAULT_EXAMPLE, label="…or a bundled example",
+                                  elem_id="dataset-example")
+            with gr.Row():
+                fmt = gr.Dropdown(choices=list(DATA_FORMATS), value=initial.dataset_format, label="Format",
+                                  info="'auto' detects it from the columns", elem_id="dataset-format")
+                cmap = gr.Textbox(value=mapping_to_text(initial.column_map), label="Column map",
+                                  placeholder="question=instruction,answer=output",
+                                  info="Rename columns before detection: old=new,…", elem_id="dataset-column-map")
+            validate = gr.Button("Validate", variant="primary", elem_id="btn-validate")
+    status = gr.Markdown("Press **Validate** (or upload a file) to check the data against the task, the "
+                         "strategy and the model chosen in Configure.", elem_id="dataset-status")
+    split = gr.Markdown("", elem_id="dataset-split")
+    with gr.Row():
+        with gr.Column(scale=3):
+            preview = gr.HighlightedText(label="How the model sees the first rows (grey: masked prompt, "
+                                               "green: trained answer)", color_map=COLOR_MAP, show_legend=True,
+                                         combine_adjacent=False, elem_id="dataset-preview")
+        with gr.Column(scale=2):
+            hist = gr.BarPlot(value=None, x="tokens", y="examples", color="fits", label="Token lengths",
+                              color_map={"fits max_length": "#2563eb", "truncated": "#dc2626"},
+                              x_title="tokens per example", y_title="examples", elem_id="dataset-histogram",
+                              height=280, x_label_angle=-45)
+    problems = gr.Dataframe(headers=PROBLEM_HEADERS, value=None, label="Validation report",
+                            interactive=False, wrap=True, elem_id="dataset-problems",
+                            column_widths=["10%", "20%", "40%", "30%"])
+    return DatasetTab(upload=upload, example=example, dataset_format=fmt, column_map=cmap, validate=validate,
+                      status=status, outputs=[status, split, preview, hist, problems])
+
+
+def view_outputs(view: DatasetView) -> list:
+    """Values for DatasetTab.outputs."""
+    rows = view.problem_rows() or [["", "", "no problems found", ""]]
+    label = f"Token lengths (max_length {view.max_length}; red bars are truncated)"
+    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label=label) if view.bins else
+            gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
+    return [view.status, view.split_text, view.preview, hist, rows]
+
+
+def wire(tab: DatasetTab, ctx: AppContext, config_inputs: list, config_by_name: dict, values_to_config) -> None:
+    """Events that need the Configure form (task, model, max_length...): built after both tabs exist.
+
+    A validation also writes the chosen dataset, format and column map into the form, so that
+    Start trains exactly what was checked.
+    """
+    targets = [config_by_name["dataset"], config_by_name["dataset_format"], config_by_name["column_map"]]
+
+    def _validate(upload, example, fmt, cmap, *vals):
+        column_map = parse_mapping_text(cmap)
+        config = values_to_config(vals).replace(dataset_format=fmt or "auto", column_map=column_map)
+        dataset = source_of(upload, example, ctx.restrict_paths)
+        view = validate_dataset(ctx, dataset, config)
+        if view.tokenizer_note:
+            warn(view.tokenizer_note)
+        return [*view_outputs(view), view.dataset, fmt or "auto", mapping_to_text(column_map)]
+
+    def _pick_example(example, fmt, cmap, *vals):  # choosing an example drops the upload
+        return [*_validate(None, example, fmt, cmap, *vals), None]
+
+    inputs = [tab.upload, tab.example, tab.dataset_format, tab.column_map, *config_inputs]
+    outputs = [*tab.outputs, *targets]
+    tab.validate.click(guard(_validate), inputs, outputs, api_visibility="private")
+    tab.upload.upload(guard(_validate), inputs, outputs, api_visibility="private")
+    tab.example.input(guard(_pick_example), inputs[1:], [*outputs, tab.upload], api_visibility="private")
+
+
+def register_api(ctx: AppContext, default_config) -> None:
+    def validate(file: FileData | None = None, dataset: str = "", config: dict | None = None) -> dict:
+        """Validate a data file: upload it as `file` (gradio_client.handle_file) or name it in `dataset`
+        (a bundled example such as 'identity.json'). `config`: run settings over the app defaults
+        (task, strategy, model, dataset_format, column_map, max_length, validation_split...)."""
+        from components.configure_tab import config_from_mapping
+
+        cfg = config_from_mapping(config, default_config())
+        source = source_of(file, dataset or (None if file else cfg.dataset), ctx.restrict_paths)
+        return validate_dataset(ctx, source, cfg).to_dict()
+
+    def examples() -> list[str]:
+        """The bundled example data files (names usable as `dataset`)."""
+        return example_names()
+
+    gr.api(endpoint(validate), api_name="validate_dataset")
+    gr.api(endpoint(examples), api_name="examples")
+    log.debug("dataset API registered")

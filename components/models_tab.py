@@ -1,0 +1,305 @@
+"""Models tab: the trained models, their details, and what can be done with them.
+
+Lists the model records; shows one model's config, metrics and loss curve (from the metric
+points the run stored); deletes a model (record and files, after a confirmation, and only files
+inside the data folder); merges a LoRA adapter into its base and offers the result as a zip; and
+pushes a model to the Hugging Face Hub with a token typed for that one upload (never stored,
+never logged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from components.common import AppContext, endpoint, fmt_bytes, guard, info
+from core.errors import ModelForgeError, NotFoundError, OfflineError
+from core.paths import home, inside_home
+from core.records import record_to_dict
+
+TABLE_HEADERS = ["name", "id", "base model", "task", "strategy", "provider", "created", "metrics", "size"]
+EMPTY_TEXT = ("### No models yet\nTrain one in the **Train** tab: the identity demo is preselected and takes a few "
+              "minutes on a CPU. Finished runs appear here.")
+
+
+def exports_dir() -> Path:
+    p = home() / "exports"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()
+                     if isinstance(v, (int, float)) and k != "train_runtime_s")
+
+
+def models_table(ctx: AppContext) -> list[list[Any]]:
+    """One row per model record, newest first (empty list: none)."""
+    return [[m.name, m.id, m.base_model, m.task, m.strategy, m.provider, f"{m.created_at:%Y-%m-%d %H:%M}",
+             _metrics_text(m.metrics), fmt_bytes(m.size_bytes)] for m in ctx.store.list_models()]
+
+
+def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    return [(f"{m.name} · {m.id}", m.id) for m in ctx.store.list_models()]
+
+
+def list_models(ctx: AppContext) -> list[dict]:
+    return [record_to_dict(m) for m in ctx.store.list_models()]
+
+
+def model_details(ctx: AppContext, model_id: str) -> dict:
+    """Record, run config, metrics and the loss curve of a model.
+
+    Raises:
+        NotFoundError: no such model.
+    """
+    if not model_id:
+        raise NotFoundError("no model chosen", "pick one in the list")
+    rec = ctx.store.get_model(model_id)
+    config: dict = {}
+    try:
+        config = ctx.store.get_run(rec.run_id).config
+    except NotFoundError:
+        card = Path(rec.path) / "modelforge.json"
+        if card.is_file():
+            config = json.loads(card.read_text(encoding="utf-8")).get("config", {})
+    curves: dict[str, list] = {}
+    for p in ctx.store.metrics(rec.run_id):
+        curves.setdefault(p.name, []).append((p.step, p.value))
+    return {"model": record_to_dict(rec), "config": config, "metrics": rec.metrics, "curves": curves,
+            "files_exist": Path(rec.path).exists()}
+
+
+def loss_frame(curves: dict):
+    import pandas as pd
+
+    rows = [{"step": s, "value": v, "metric": "train loss"} for s, v in curves.get("loss", [])]
+    rows += [{"step": s, "value": v, "metric": "eval loss"} for s, v in curves.get("eval_loss", [])]
+    return pd.DataFrame({"step": pd.Series([r["step"] for r in rows], dtype="int64"),
+                         "value": pd.Series([r["value"] for r in rows], dtype="float64"),
+                         "metric": pd.Series([r["metric"] for r in rows], dtype="str")})
+
+
+def details_markdown(d: dict) -> str:
+    m = d["model"]
+    lines = [f"### {m['name']}", f"`{m['id']}` · base **{m['base_model']}** · {m['task']} · {m['strategy']} · "
+             f"{m['provider']} · {fmt_bytes(m['size_bytes'])}",
+             f"Folder: `{m['path']}`" + ("" if d["files_exist"] else " (**missing**)"),
+             f"Metrics: {_metrics_text(m['metrics']) or '-'}"]
+    return "\n\n".join(lines)
+
+
+def delete_model(ctx: AppContext, model_id: str, confirm: bool) -> str:
+    """Delete a model record and its files (adapter folder and exports), inside the data folder only.
+
+    Raises:
+        ModelForgeError: not confirmed, or the files lie outside the data folder (then nothing,
+            not even the record, is deleted).
+    """
+    if not model_id:
+        raise NotFoundError("no model chosen", "pick one in the list")
+    if not confirm:
+        raise ModelForgeError("deleting needs a confirmation", "tick 'Yes, delete it' and press Delete again")
+    rec = ctx.store.get_model(model_id)
+    folder = inside_home(rec.path)  # raises before anything is deleted
+    export = inside_home(exports_dir() / rec.id)
+    for path in (folder, export):
+        if path.exists():
+            shutil.rmtree(path)
+    ctx.store.delete_model(rec.id)
+    ctx.models.evict(rec.id)
+    return f"Deleted {rec.name} ({rec.id}) and its files."
+
+
+def merge_model(ctx: AppContext, model_id: str) -> str:
+    """Merge the LoRA adapter into its base and zip the full model; return the zip's path.
+
+    Raises:
+        ModelForgeError: no such model, files outside the data folder, or not an adapter.
+    """
+    from core.inference import load_model
+
+    if not model_id:
+        raise NotFoundError("no model chosen", "pick one in the list")
+    rec = ctx.store.get_model(model_id)
+    src = inside_home(rec.path)
+    if not (src / "adapter_config.json").exists():
+        raise ModelForgeError(f"{rec.name} is not a LoRA adapter (nothing to merge)",
+                              "its folder is already a full model")
+    out = exports_dir() / rec.id / f"{rec.name}-merged"
+    zip_base = out.parent / f"{rec.name}-merged"
+    if out.exists():
+        shutil.rmtree(out)
+    lm = load_model(str(src))  # a fresh copy: merging changes the weights of the model it is given
+    merged = lm.model.merge_and_unload()
+    merged.save_pretrained(str(out))
+    lm.tokenizer.save_pretrained(str(out))
+    card = dict(lm.card, merged=True)
+    (out / "modelforge.json").write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
+    return shutil.make_archive(str(zip_base), "zip", root_dir=str(out))
+
+
+def push_to_hub(ctx: AppContext, model_id: str, repo_id: str, token: str, private: bool = True) -> str:
+    """Upload a model folder to the Hub. The token is used for this call only: never stored or logged.
+
+    Raises:
+        OfflineError: the Hub cannot be reached. ModelForgeError: missing input or a refused upload
+            (the token never appears in the message).
+    """
+    from core.providers.huggingface import hub_reachable
+
+    if not model_id:
+        raise NotFoundError("no model chosen", "pick one in the list")
+    if not (repo_id or "").strip() or "/" not in repo_id:
+        raise ModelForgeError("give the repository as user/name", "e.g. your-name/identity-demo")
+    if not (token or "").strip():
+        raise ModelForgeError("paste a Hugging Face token with write access",
+                              "create one at huggingface.co/settings/tokens; it is used for this upload only")
+    rec = ctx.store.get_model(model_id)
+    folder = inside_home(rec.path)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+        raise OfflineError("cannot push: the Hugging Face Hub is not reachable from this machine (offline)",
+                           "connect to the network and try again, or Merge & download and upload it yourself")
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token.strip())
+        api.create_repo(repo_id.strip(), private=bool(private), exist_ok=True)
+        url = api.upload_folder(folder_path=str(folder), repo_id=repo_id.strip(),
+                                commit_message=f"Upload {rec.name} from ModelForge")
+    except Exception as exc:  # noqa: BLE001 - say why, without the token
+        text = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).replace(token.strip(), "***")
+        raise ModelForgeError(f"push to {repo_id} failed: {text[:300]}",
+                              "check the token's write access and the repository name") from None
+    return f"Pushed {rec.name} to https://huggingface.co/{repo_id.strip()} ({getattr(url, 'commit_url', url)})"
+
+
+# -- widgets --------------------------------------------------------------------------------------
+@dataclass
+class ModelsTab:
+    refresh: gr.Button
+    table: gr.Dataframe
+    choice: gr.Dropdown
+    empty: gr.Markdown
+    outputs: list  # refresh outputs: table, empty, choice
+
+
+def refresh_outputs(ctx: AppContext, selected: str | None = None) -> list:
+    rows = models_table(ctx)
+    choices = model_choices(ctx)
+    ids = [c[1] for c in choices]
+    value = selected if selected in ids else (ids[0] if ids else None)
+    return [gr.Dataframe(value=rows or None, visible=bool(rows)), gr.Markdown(visible=not rows),
+            gr.Dropdown(choices=choices, value=value)]
+
+
+def build(ctx: AppContext) -> ModelsTab:
+    with gr.Row():
+        gr.Markdown("Your trained models. Pick one for its details, to merge it into a full model, to push it "
+                    "to the Hub, or to delete it.", elem_classes=["mf-help"])
+        refresh = gr.Button("Refresh", elem_id="btn-models-refresh", scale=0, min_width=120)
+    empty = gr.Markdown(EMPTY_TEXT, elem_id="models-empty", visible=True)
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, wrap=True, visible=False,
+                         elem_id="models-table", label="Models")
+    # allow_custom_value: API callers send ids this session's (empty) choice list has not seen.
+    choice = gr.Dropdown(choices=[], label="Model", elem_id="models-choice", allow_custom_value=True)
+    with gr.Row():
+        with gr.Column(scale=3):
+            summary = gr.Markdown("", elem_id="models-summary")
+            curve = gr.LinePlot(value=None, x="step", y="value", color="metric", title="Loss", height=240,
+                                elem_id="models-loss", color_map={"train loss": "#2563eb", "eval loss": "#d97706"})
+        with gr.Column(scale=2):
+            with gr.Accordion("Run configuration", open=False):
+                config = gr.Code(language="yaml", interactive=False, elem_id="models-config")
+            metrics = gr.JSON(label="Metrics", elem_id="models-metrics")
+    with gr.Row():
+        with gr.Column():
+            with gr.Group():
+                gr.Markdown("**Merge & download** — the adapter merged into its base, as a full model (zip).")
+                merge = gr.Button("Merge & download", elem_id="btn-merge")
+                merged_file = gr.File(label="Merged model", interactive=False, elem_id="models-merged-file")
+        with gr.Column():
+            with gr.Group():
+                gr.Markdown("**Push to the Hugging Face Hub** — the token is used for this upload only; it is "
+                            "never stored or logged.")
+                repo = gr.Textbox(label="Repository", placeholder="your-name/identity-demo", elem_id="hub-repo")
+                token = gr.Textbox(label="Token (write access)", type="password", elem_id="hub-token")
+                private = gr.Checkbox(value=True, label="Private repository", elem_id="hub-private")
+                push = gr.Button("Push to Hub", elem_id="btn-push")
+        with gr.Column():
+            with gr.Group():
+                gr.Markdown("**Delete** — the record and its files (inside the data folder only).")
+                confirm = gr.Checkbox(value=False, label="Yes, delete it", elem_id="delete-confirm")
+                delete = gr.Button("Delete model", variant="stop", elem_id="btn-delete")
+    message = gr.Markdown("", elem_id="models-message")
+
+    outputs = [table, empty, choice]
+
+    def _details(model_id):
+        if not model_id:
+            return "", None, "", None
+        d = model_details(ctx, model_id)
+        import yaml
+
+        return (details_markdown(d), loss_frame(d["curves"]),
+                yaml.safe_dump(d["config"], sort_keys=False, allow_unicode=True), d["metrics"])
+
+    def _select_row(evt: gr.SelectData, rows):
+        try:
+            row = evt.index[0]
+            return rows.iloc[row, 1] if hasattr(rows, "iloc") else rows[row][1]
+        except (IndexError, TypeError, KeyError):
+            return gr.skip()
+
+    def _delete(model_id, ok):
+        text = delete_model(ctx, model_id, ok)
+        info(text)
+        return [*refresh_outputs(ctx), f"🗑 {text}", False]
+
+    def _merge(model_id):
+        path = merge_model(ctx, model_id)
+        return path, f"Merged into `{Path(path).name}`: download it above."
+
+    def _push(model_id, repo_id, tok, priv):
+        text = push_to_hub(ctx, model_id, repo_id, tok, priv)
+        return f"✅ {text}", ""  # clears the token box
+
+    details_out = [summary, curve, config, metrics]
+    refresh.click(guard(lambda sel: refresh_outputs(ctx, sel)), choice, outputs, api_visibility="private")
+    choice.change(guard(_details), choice, details_out, api_visibility="private")
+    table.select(_select_row, table, choice, api_visibility="private")
+    delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private")
+    merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model")
+    # .then runs after an error too: the token leaves the page whatever happened.
+    push.click(guard(_push), [choice, repo, token, private], [message, token], api_visibility="private").then(
+        lambda: "", None, token, api_visibility="private", show_progress="hidden")
+    return ModelsTab(refresh=refresh, table=table, choice=choice, empty=empty, outputs=outputs)
+
+
+def register_api(ctx: AppContext) -> None:
+    def models() -> list[dict]:
+        """Every trained model record, newest first."""
+        return list_models(ctx)
+
+    def details(model_id: str) -> dict:
+        """A model's record, run config, metrics and metric curves."""
+        return model_details(ctx, model_id)
+
+    def delete(model_id: str, confirm: bool = False) -> dict:
+        """Delete a model and its files; `confirm` must be true."""
+        return {"message": delete_model(ctx, model_id, confirm)}
+
+    def push(model_id: str, repo_id: str, token: str, private: bool = True) -> dict:
+        """Push a model folder to the Hugging Face Hub (the token is used once, never stored)."""
+        return {"message": push_to_hub(ctx, model_id, repo_id, token, private)}
+
+    gr.api(endpoint(models), api_name="list_models", concurrency_limit=None)
+    gr.api(endpoint(details), api_name="model_details", concurrency_limit=None)
+    gr.api(endpoint(delete), api_name="delete_model")
+    gr.api(endpoint(push), api_name="push_to_hub")

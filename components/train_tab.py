@@ -1,0 +1,519 @@
+"""Train tab: start, stop and resume runs, and watch them live.
+
+The page holds no training state: a small ``gr.State`` remembers which run it shows and how
+many of its events it has drawn. A ``gr.Timer`` asks the job manager for the run's events about
+once a second and rebuilds the plots (loss, eval loss, learning rate, tokens/s), the progress
+line and the log tail from them. Because the events live in the job manager (and in the run's
+``events.jsonl``), a reloaded page or a second browser shows the same run.
+
+One run trains at a time per device (the job manager's rule): a second Start is queued behind
+it with a clear message, or refused when the queue is full.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from components.common import (AppContext, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
+                               resolve_dataset, warn)
+from core.config import RunConfig
+from core.errors import BusyError, ConfigError, ModelForgeError, NotFoundError
+
+TERMINAL = ("completed", "failed", "cancelled", "interrupted")
+RESUMABLE = ("cancelled", "interrupted", "failed")
+LOG_LINES = 14
+# What view_outputs() returns, in order (TrainTab.outputs holds the widgets).
+OUTPUT_NAMES = ("state", "status", "done", "open_playground", "open_models", "loss", "eval_loss", "learning_rate",
+                "tokens_per_second", "log", "runs")
+
+
+# -- the view of one run -----------------------------------------------------------------------------
+@dataclass
+class RunView:
+    run_id: str | None = None
+    name: str = ""
+    status: str = "none"
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    memory_mb: float | None = None
+    eta_s: float | None = None
+    elapsed_s: float | None = None
+    eval_loss: float | None = None
+    perplexity: float | None = None
+    model_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    hint: str | None = None
+    problems: list = field(default_factory=list)
+    queue_position: int | None = None
+    message: str = ""
+    validation_split: float = 0.0
+    n_events: int = 0
+    series: dict = field(default_factory=lambda: {"loss": [], "eval_loss": [], "learning_rate": [],
+                                                  "tokens_per_second": []})
+    log: list[str] = field(default_factory=list)
+
+    # -- rendering ------------------------------------------------------------------------------
+    def frame(self, metric: str):
+        import pandas as pd
+
+        points = self.series[metric]
+        # Explicit dtypes: an empty frame would be "object", which the plot draws as categories.
+        return pd.DataFrame({"step": pd.Series([p[0] for p in points], dtype="int64"),
+                             metric: pd.Series([p[1] for p in points], dtype="float64")})
+
+    def status_html(self) -> str:
+        if not self.run_id:
+            return ("<div class='mf-status mf-status-none'><b>No run yet.</b> The identity demo is set up: "
+                    "press <b>Start training</b>.</div>")
+        e = html.escape
+        pct = int(100 * self.step / self.total) if self.total else 0
+        bits = [f"step <b>{self.step}</b>/{self.total or '?'}"]
+        if self.loss is not None:
+            bits.append(f"loss <b>{self.loss:.4f}</b>")
+        if self.eval_loss is not None:
+            bits.append(f"eval loss {self.eval_loss:.4f}")
+        if self.status == "running" and self.eta_s is not None:
+            bits.append(f"ETA {fmt_duration(self.eta_s)}")
+        if self.elapsed_s is not None:
+            bits.append(f"elapsed {fmt_duration(self.elapsed_s)}")
+        if self.tokens_per_second:
+            bits.append(f"{self.tokens_per_second:,.0f} tokens/s")
+        if self.memory_mb:
+            bits.append(f"memory {fmt_bytes(self.memory_mb * 2**20)}")
+        label = self.status + (f" (position {self.queue_position} in the queue)" if self.queue_position else "")
+        out = [f"<div class='mf-status mf-status-{e(self.status)}'>",
+               f"<div class='mf-status-head'><span class='mf-badge'>{e(label)}</span> <b>{e(self.name)}</b> "
+               f"<code>{e(self.run_id)}</code></div>",
+               f"<div class='mf-progress'><div class='mf-progress-bar' style='width:{pct}%'></div></div>",
+               f"<div class='mf-status-line'>{' · '.join(bits)}</div>"]
+        if self.message and self.status == "queued":
+            out.append(f"<div class='mf-status-msg'>{e(self.message)}</div>")
+        if self.error:
+            out.append(f"<div class='mf-status-error'>{e(self.error)}"
+                       + (f"<br><b>Fix:</b> {e(self.hint)}" if self.hint else "") + "</div>")
+        out.append("</div>")
+        return "".join(out)
+
+    def done_markdown(self) -> str:
+        if self.status == "completed":
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
+                                if isinstance(v, (int, float)) and k != "train_runtime_s")
+            return (f"### ✅ Finished: model **{self.name}** (`{self.model_id}`)\n{metrics}\n\n"
+                    "Find it in the **Models** tab, or talk to it in the **Playground**.")
+        if self.status == "failed":
+            text = f"### ❌ The run failed\n{self.error or ''}" + (f"\n\n**Fix:** {self.hint}" if self.hint else "")
+            if self.problems:
+                text += "\n\n" + problems_markdown(self.problems)  # dicts, as the events file holds them
+            return text
+        if self.status in ("cancelled", "interrupted"):
+            return (f"### ⏸ Run {self.status}\n{self.error or ''}\n\nPress **Resume** to continue from its last "
+                    "checkpoint.")
+        return ""
+
+    def to_dict(self) -> dict:
+        keys = ("run_id", "name", "status", "step", "total", "loss", "learning_rate", "tokens_per_second",
+                "memory_mb", "eta_s", "elapsed_s", "eval_loss", "perplexity", "model_id", "metrics", "error",
+                "hint", "problems", "queue_position", "message", "n_events", "log")
+        out = {k: getattr(self, k) for k in keys}
+        out["total_steps"] = out.pop("total")
+        out["done"] = self.status in TERMINAL
+        return out
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "--:--:--"
+
+
+def event_line(ev) -> str | None:
+    d = ev.data
+    t = ev.type
+    if t == "queued":
+        text = f"queued: {d.get('message', '')}"
+    elif t == "started":
+        text = f"started '{d.get('name', '')}'"
+    elif t == "log":
+        text = d.get("message", "")
+    elif t == "step":
+        text = f"step {ev.step}/{ev.total_steps} loss {d.get('loss', 0):.4f}"
+        if d.get("learning_rate") is not None:
+            text += f" lr {d['learning_rate']:.2e}"
+        if d.get("tokens_per_second"):
+            text += f" {d['tokens_per_second']:.0f} tok/s"
+    elif t == "eval":
+        text = f"eval at step {ev.step}: loss {d.get('eval_loss', 0):.4f} perplexity {d.get('perplexity', 0):.2f}"
+    elif t == "checkpoint":
+        text = f"checkpoint saved at step {ev.step}"
+    elif t == "finished":
+        text = f"finished: model {d.get('model_id')}"
+    elif t == "failed":
+        text = f"failed: {d.get('message', '')}" + (f" (fix: {d['hint']})" if d.get("hint") else "")
+    elif t == "cancelled":
+        text = f"stopped: {d.get('message', '')}"
+    else:
+        return None
+    return f"[{_clock(ev.time)}] {text}"
+
+
+def run_view(ctx: AppContext, run_id: str | None) -> RunView:
+    """Everything known about a run, rebuilt from its record and its events."""
+    if not run_id:
+        return RunView()
+    try:
+        run = ctx.store.get_run(run_id)
+    except NotFoundError:
+        return RunView(run_id=run_id, status="unknown", error=f"no run with id {run_id}")
+    events = ctx.jobs.events(run_id, 0)
+    v = RunView(run_id=run_id, name=run.name, status=run.status, step=run.last_step, total=run.total_steps,
+                model_id=run.model_id, n_events=len(events),
+                validation_split=float((run.config or {}).get("validation_split") or 0.0))
+    if run.error and run.status != "completed":
+        v.error = run.error
+    started = None
+    for ev in events:
+        d = ev.data
+        if ev.total_steps:
+            v.total = ev.total_steps
+        if ev.step:
+            v.step = max(v.step, ev.step) if ev.type != "started" else v.step
+        if ev.type == "started":
+            started = ev.time
+            v.series = {k: [] for k in v.series}  # a resumed run redraws from its restart
+        elif ev.type == "queued":
+            v.message = d.get("message", "")
+        elif ev.type == "step":
+            v.step = ev.step
+            v.loss = d.get("loss")
+            v.learning_rate = d.get("learning_rate")
+            v.tokens_per_second = d.get("tokens_per_second") or v.tokens_per_second
+            v.memory_mb = d.get("memory_mb")
+            v.eta_s = d.get("eta_s")
+            if d.get("loss") is not None:
+                v.series["loss"].append((ev.step, d["loss"]))
+            if d.get("learning_rate") is not None:
+                v.series["learning_rate"].append((ev.step, d["learning_rate"]))
+            if d.get("tokens_per_second"):
+                v.series["tokens_per_second"].append((ev.step, d["tokens_per_second"]))
+        elif ev.type == "eval":
+            v.eval_loss, v.perplexity = d.get("eval_loss"), d.get("perplexity")
+            v.series["eval_loss"].append((ev.step, d.get("eval_loss")))
+        elif ev.type == "finished":
+            v.model_id = d.get("model_id") or v.model_id
+            v.metrics = d.get("metrics") or {}
+            v.step = ev.step or v.step
+        elif ev.type == "failed":
+            v.error, v.hint, v.problems = d.get("message"), d.get("hint"), d.get("problems") or []
+        elif ev.type == "cancelled":
+            v.message = d.get("message", "")
+        line = event_line(ev)
+        if line:
+            v.log.append(line)
+    if started is not None and events:
+        v.elapsed_s = (time.time() if run.status == "running" else events[-1].time) - started
+    if run.status not in TERMINAL and events and events[-1].type in ("finished", "failed", "cancelled"):
+        v.status = {"finished": "completed", "failed": "failed", "cancelled": "cancelled"}[events[-1].type]
+    waiting = ctx.jobs.waiting()
+    if run_id in waiting:
+        v.queue_position = waiting.index(run_id) + (1 if ctx.jobs.current else 0)
+    v.log = v.log[-LOG_LINES:]
+    return v
+
+
+def run_choices(ctx: AppContext, limit: int = 30) -> list[tuple[str, str]]:
+    return [(f"{r.name} · {r.status} · {r.id}", r.id) for r in ctx.store.list_runs(limit=limit)]
+
+
+def default_run(ctx: AppContext) -> str | None:
+    """The run a fresh page shows: the one training, else the first waiting, else the newest."""
+    if ctx.jobs.current:
+        return ctx.jobs.current
+    waiting = ctx.jobs.waiting()
+    if waiting:
+        return waiting[0]
+    runs = ctx.store.list_runs(limit=1)
+    return runs[0].id if runs else None
+
+
+# -- actions ----------------------------------------------------------------------------------------
+def _same_config(a: dict, b: dict) -> bool:
+    strip = lambda d: {k: v for k, v in d.items() if k != "name"}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def start_training(ctx: AppContext, config: RunConfig) -> dict:
+    """Check and submit a run. Returns {run_id, queued, message}.
+
+    Raises:
+        ConfigError: every problem with the config and its data (nothing is recorded).
+        BusyError: the same configuration is already training or waiting, or the queue is full.
+    """
+    from components.configure_tab import memory_check
+    from core.engine import preflight
+
+    config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
+    problems = preflight(config)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) must be fixed before training",
+                          "fix them in Configure/Dataset (Check configuration lists them too)", problems=problems)
+    for rid in [ctx.jobs.current, *ctx.jobs.waiting()]:
+        if rid and _same_config(ctx.store.get_run(rid).config, config.to_dict()):
+            raise BusyError(f"this configuration is already {ctx.store.get_run(rid).status} as run {rid}",
+                            "watch it in the Train tab, or stop it first")
+    fit_ok, fit_text = memory_check(config)
+    busy = ctx.jobs.current
+    run_id = ctx.jobs.submit(config)
+    if busy:
+        pos = ctx.jobs.waiting().index(run_id) + 1 if run_id in ctx.jobs.waiting() else 1
+        message = (f"Run {busy} is training. Yours ({run_id}) waits in the queue (position {pos}) and starts "
+                   "when it ends: one run trains at a time per device. Stop the current run to start yours sooner.")
+    else:
+        message = f"Run {run_id} started."
+    if fit_ok is False:
+        message += " Warning: " + fit_text.splitlines()[0].lstrip("⚠️ ")
+    return {"run_id": run_id, "queued": bool(busy), "message": message, "memory_ok": fit_ok}
+
+
+def stop_training(ctx: AppContext, run_id: str | None = None) -> dict:
+    """Ask a run (default: the one training) to stop after this step; it saves a checkpoint.
+
+    Raises:
+        ModelForgeError: nothing to stop.
+    """
+    run_id = run_id or ctx.jobs.current
+    if not run_id:
+        raise ModelForgeError("no run is training", "start one first")
+    if ctx.jobs.stop(run_id):
+        return {"run_id": run_id, "message": f"Stopping {run_id} after this step; a checkpoint is saved so you "
+                                             "can resume it."}
+    status = ctx.store.get_run(run_id).status
+    raise ModelForgeError(f"run {run_id} is not training (it is {status})",
+                          "Stop works on a queued or running run")
+
+
+def resume_training(ctx: AppContext, run_id: str | None) -> dict:
+    """Continue a stopped, interrupted or failed run from its last checkpoint.
+
+    Raises:
+        ModelForgeError: no run chosen, nothing to resume from, or it is active/completed.
+    """
+    if not run_id:
+        raise ModelForgeError("no run chosen", "pick a stopped or interrupted run in the list")
+    busy = ctx.jobs.current
+    ctx.jobs.resume(run_id)
+    message = (f"Run {run_id} resumes from its last checkpoint." if not busy else
+               f"Run {run_id} will resume when {busy} ends (one run at a time per device).")
+    return {"run_id": run_id, "queued": bool(busy), "message": message}
+
+
+def training_status(ctx: AppContext, run_id: str | None = None) -> dict:
+    """The state of a run (default: the one training, else the newest) as a dict."""
+    return run_view(ctx, run_id or default_run(ctx)).to_dict()
+
+
+# -- polling (the Timer) ------------------------------------------------------------------------------
+def new_state(run_id: str | None = None, follow: bool = True) -> dict:
+    return {"run_id": run_id, "follow": follow, "n": -1, "status": None}
+
+
+def poll(ctx: AppContext, state: dict | None, force: bool = False) -> tuple[dict, RunView | None, bool]:
+    """Decide what the page should show now: (new state, view or None when unchanged, relist?).
+
+    ``relist`` is True when the run list needs redrawing (another run, or a new status).
+
+    Cheap when nothing happened (one SQL read), so many pages can poll every second.
+    """
+    state = dict(state or new_state())
+    run_id = state.get("run_id")
+    changed = False
+    if state.get("follow", True):
+        active = ctx.jobs.current or next(iter(ctx.jobs.waiting()), None)
+        target = active or run_id or default_run(ctx)
+        if target != run_id:
+            run_id, changed = target, True
+    if not run_id:
+        if force or state.get("n", -1) != 0:
+            state.update(run_id=None, n=0, status="none")
+            return state, RunView(), True
+        return state, None, False
+    try:
+        status = ctx.store.get_run(run_id).status
+    except NotFoundError:
+        status = "unknown"
+    unchanged_run = not (force or changed) and status == state.get("status")
+    if unchanged_run and status in TERMINAL:
+        return state, None, False  # an ended run's events do not change (a resume changes its status)
+    since = max(state.get("n", 0), 0)
+    if unchanged_run and since + len(ctx.jobs.events(run_id, since)) == state.get("n"):
+        return state, None, False
+    view = run_view(ctx, run_id)
+    relist = changed or force or status != state.get("status")  # the run list shows statuses
+    state.update(run_id=run_id, n=view.n_events, status=status)
+    if status in TERMINAL and not ctx.jobs.current:
+        state["follow"] = True  # a finished run stays on screen until another one starts
+    return state, view, relist
+
+
+# -- widgets --------------------------------------------------------------------------------------
+@dataclass
+class TrainTab:
+    state: gr.State
+    start: gr.Button
+    stop: gr.Button
+    resume: gr.Button
+    runs: gr.Dropdown
+    timer: gr.Timer
+    open_playground: gr.Button
+    open_models: gr.Button
+    outputs: list  # what view_outputs() fills
+    attach: Any = None  # page-load handler, set by wire()
+
+
+def _plot(y: str, title: str, elem_id: str, color: str) -> gr.LinePlot:
+    import pandas as pd
+
+    return gr.LinePlot(value=pd.DataFrame({"step": [], y: []}), x="step", y=y, title=title, elem_id=elem_id,
+                       height=230, color_map={y: color}, x_title="step", y_title=title, label=title,
+                       show_label=False)
+
+
+def build(ctx: AppContext) -> TrainTab:
+    gr.Markdown("Start the run set up in **Configure** (the identity demo by default). The plots follow the "
+                "run live; reload the page or open a second browser and you see the same run.",
+                elem_classes=["mf-help"])
+    state = gr.State(new_state())
+    with gr.Row(equal_height=True):
+        start = gr.Button("▶ Start training", variant="primary", elem_id="btn-start", scale=2)
+        stop = gr.Button("■ Stop", variant="stop", elem_id="btn-stop", scale=1)
+        resume = gr.Button("↻ Resume", elem_id="btn-resume", scale=1)
+        runs = gr.Dropdown(choices=[], value=None, label="Run", elem_id="train-run", scale=4, allow_custom_value=True,
+                           info="Shows the run training now; pick another to inspect it")
+    status = gr.HTML(RunView().status_html(), elem_id="train-status")
+    done = gr.Markdown("", elem_id="train-done")
+    with gr.Row():
+        open_playground = gr.Button("💬 Try it in the Playground", visible=False, elem_id="btn-open-playground",
+                                    variant="primary")
+        open_models = gr.Button("Open its record in Models", visible=False, elem_id="btn-open-models")
+    with gr.Row():
+        loss = _plot("loss", "train loss", "plot-loss", "#2563eb")
+        eval_loss = _plot("eval_loss", "eval loss", "plot-eval-loss", "#d97706")
+    with gr.Row():
+        lr = _plot("learning_rate", "learning rate", "plot-lr", "#7c3aed")
+        tps = _plot("tokens_per_second", "tokens/s", "plot-tokens", "#059669")
+    log_box = gr.Textbox(label="Log", lines=8, max_lines=14, interactive=False, elem_id="train-log",
+                         autoscroll=True)
+    timer = gr.Timer(1.0)
+    outputs = [state, status, done, open_playground, open_models, loss, eval_loss, lr, tps, log_box, runs]
+    assert len(outputs) == len(OUTPUT_NAMES)
+    return TrainTab(state=state, start=start, stop=stop, resume=resume, runs=runs, timer=timer,
+                    open_playground=open_playground, open_models=open_models, outputs=outputs)
+
+
+def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: bool) -> list:
+    """Values for TrainTab.outputs (gr.skip() where nothing changed)."""
+    if view is None:
+        return [state] + [gr.skip()] * (len(OUTPUT_NAMES) - 1)
+    runs = gr.Dropdown(choices=run_choices(ctx), value=view.run_id) if relist else gr.skip()
+    eval_title = "eval loss"
+    if view.run_id and not view.series["eval_loss"]:
+        eval_title = ("eval loss: none, validation_split is 0" if not view.validation_split else
+                      "eval loss: first one at the end of an epoch (or every eval_steps)")
+    finished = view.status == "completed" and bool(view.model_id)
+    return [state, view.status_html(), view.done_markdown(), gr.Button(visible=finished),
+            gr.Button(visible=finished), view.frame("loss"),
+            gr.LinePlot(value=view.frame("eval_loss"), title=eval_title), view.frame("learning_rate"),
+            view.frame("tokens_per_second"), "\n".join(view.log), runs]
+
+
+def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) -> None:
+    """Start needs the Configure form, so it is wired once both tabs exist."""
+
+    def _tick(state):
+        s, view, changed = poll(ctx, state)
+        return view_outputs(ctx, s, view, changed)
+
+    def _attach(state):
+        s, view, _ = poll(ctx, new_state(), force=True)
+        return view_outputs(ctx, s, view, True)
+
+    def _start(state, *vals):
+        try:
+            result = start_training(ctx, values_to_config(vals))
+        except BusyError as exc:  # a double click, or a full queue: a warning, the view stays
+            warn(str(exc))
+            s, view, changed = poll(ctx, state)
+            return view_outputs(ctx, s, view, changed)
+        (warn if result["queued"] or result.get("memory_ok") is False else info)(result["message"])
+        s, view, _ = poll(ctx, new_state(result["run_id"], follow=not result["queued"]), force=True)
+        if result["queued"]:
+            s["follow"] = False
+        return view_outputs(ctx, s, view, True)
+
+    def _stop(state):
+        result = stop_training(ctx, (state or {}).get("run_id") if (state or {}).get("status") in ("queued", "running")
+                               else None)
+        info(result["message"])
+        s, view, _ = poll(ctx, state, force=True)
+        return view_outputs(ctx, s, view, False)
+
+    def _resume(state, chosen):
+        run_id = chosen or (state or {}).get("run_id")
+        result = resume_training(ctx, run_id)
+        (warn if result["queued"] else info)(result["message"])
+        s, view, _ = poll(ctx, new_state(run_id, follow=False), force=True)
+        return view_outputs(ctx, s, view, True)
+
+    def _pick(chosen):
+        s, view, _ = poll(ctx, new_state(chosen, follow=chosen == ctx.jobs.current), force=True)
+        return view_outputs(ctx, s, view, False)
+
+    out = tab.outputs
+    tab.timer.tick(guard(_tick), tab.state, out, show_progress="hidden", api_visibility="private",
+                   concurrency_limit=None, trigger_mode="always_last")
+    tab.start.click(guard(_start), [tab.state, *config_inputs], out, api_visibility="private")
+    tab.stop.click(guard(_stop), tab.state, out, api_visibility="private", concurrency_limit=None)
+    tab.resume.click(guard(_resume), [tab.state, tab.runs], out, api_visibility="private")
+    tab.runs.input(guard(_pick), tab.runs, out, api_visibility="private", concurrency_limit=None)
+    tab.attach = guard(_attach)  # run by app/ui.py on page load
+
+
+def register_api(ctx: AppContext, default_config) -> None:
+    def start(config: dict | None = None, preset: str = "") -> dict:
+        """Start a run. `config`: run settings (see RunConfig) over the app defaults (the identity demo)
+        or over `preset`. Returns run_id, queued and a message."""
+        from components.common import load_preset
+        from components.configure_tab import config_from_mapping
+
+        base = load_preset(preset) if preset else default_config()
+        return start_training(ctx, config_from_mapping(config, base))
+
+    def stop(run_id: str = "") -> dict:
+        """Stop a run (default: the one training) after the current step; a checkpoint is kept."""
+        return stop_training(ctx, run_id or None)
+
+    def resume(run_id: str) -> dict:
+        """Resume a stopped, interrupted or failed run from its last checkpoint."""
+        return resume_training(ctx, run_id)
+
+    def status(run_id: str = "") -> dict:
+        """Status of a run (default: the one training, else the newest): step, loss, ETA, model_id..."""
+        return training_status(ctx, run_id or None)
+
+    def runs() -> list[dict]:
+        """All runs, newest first."""
+        from core.records import record_to_dict
+
+        return [record_to_dict(r) for r in ctx.store.list_runs()]
+
+    gr.api(endpoint(start), api_name="start_training")
+    gr.api(endpoint(stop), api_name="stop_training", concurrency_limit=None)
+    gr.api(endpoint(resume), api_name="resume_training")
+    gr.api(endpoint(status), api_name="training_status", concurrency_limit=None)
+    gr.api(endpoint(runs), api_name="list_runs", concurrency_limit=None)
