@@ -1,8 +1,10 @@
-"""Loading a trained model (or its base) and generating text, whole or streamed.
+"""Loading a trained model (or its base) and using it: generate text (whole or streamed),
+summarize a document, answer a question from a context.
 
 A ModelForge model folder holds a LoRA adapter, the tokenizer and ``modelforge.json`` (which
-names the base). Loading puts the base back under the adapter; ``base_only`` gives the
-untouched base, for the Playground's side-by-side comparison.
+names the base and the task). Loading puts the base back under the adapter, with the head the
+task needs (causal LM, seq2seq LM or a span head for QA); ``base_only`` gives the untouched
+base, for the Playground's side-by-side comparison.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ class LoadedModel:
     tokenizer: Any
     name: str
     card: dict
+    kind: str = "causal"  # "causal", "seq2seq" or "qa" (see core.providers.huggingface.MODEL_KINDS)
+
+
+# peft's task type of a saved adapter -> the kind of model under it.
+_ADAPTER_KINDS = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq", "QUESTION_ANS": "qa", "SEQ_CLS": "reward"}
 
 
 def read_card(model_dir: str | Path) -> dict:
@@ -31,32 +38,45 @@ def read_card(model_dir: str | Path) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def load_model(path_or_base: str, *, base_only: bool = False, trust_remote_code: bool = False) -> LoadedModel:
+def load_model(path_or_base: str, *, base_only: bool = False, trust_remote_code: bool = False,
+               task: str | None = None) -> LoadedModel:
     """Load a ModelForge model folder, a plain model folder, 'demo' or a hub id.
+
+    Args:
+        path_or_base: the folder, 'demo' (or 'demo-seq2seq', 'demo-qa') or a hub id.
+        base_only: the base without the adapter.
+        trust_remote_code: allow code shipped with a hub model.
+        task: what the model is for, when no model card says it ('demo' follows it; a plain
+            encoder gets a span head for 'extractive-qa').
 
     Raises:
         ModelLoadError: when nothing loadable is there (OfflineError for an unreachable hub).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from core.providers.huggingface import prepare_tokenizer, resolve_model_path
+    from core.providers.huggingface import auto_class, prepare_tokenizer, resolve_model_path
 
     p = Path(path_or_base).expanduser()
     card = read_card(p) if p.is_dir() else {}
+    task = card.get("task") or task or "text-generation"
     is_adapter = p.is_dir() and (p / "adapter_config.json").exists()
     if is_adapter:
-        base = card.get("base_model") or json.loads((p / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path", "")
-        base_path = resolve_model_path(base, trust_remote_code=trust_remote_code)
+        adapter = json.loads((p / "adapter_config.json").read_text())
+        base = card.get("base_model") or adapter.get("base_model_name_or_path", "")
+        base_path = resolve_model_path(base, trust_remote_code=trust_remote_code, task=task)
+        kind = _ADAPTER_KINDS.get(adapter.get("task_type") or "CAUSAL_LM", "causal")
         tok_src = base_path if base_only else str(p)
     else:
-        base_path = resolve_model_path(path_or_base, trust_remote_code=trust_remote_code)
+        base_path = resolve_model_path(path_or_base, trust_remote_code=trust_remote_code, task=task)
+        kind = _plain_kind(base_path, task, trust_remote_code)
         tok_src = base_path
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     try:
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code))
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code),
+                                      chat=kind == "causal")
+        extra = {"num_labels": 1} if kind == "reward" else {}
+        model = auto_class(kind).from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
         if is_adapter and not base_only:
             from peft import PeftModel
 
@@ -68,10 +88,46 @@ def load_model(path_or_base: str, *, base_only: bool = False, trust_remote_code:
         model = model.to("cuda")
     model.eval()
     name = card.get("name") or p.name
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name if not base_only else f"{name} (base)", card=card)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name if not base_only else f"{name} (base)", card=card,
+                       kind=kind)
+
+
+def _plain_kind(path: str, task: str, trust_remote_code: bool) -> str:
+    """The kind of a plain (non-adapter) model: by its task, else by its config's architecture."""
+    from transformers import AutoConfig
+
+    from core.providers.huggingface import model_kind
+
+    if task != "text-generation":
+        return model_kind(path, task, trust_remote_code=trust_remote_code)
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return "causal"  # let the model load report the real problem
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "seq2seq"
+    if any(a.endswith("ForQuestionAnswering") for a in (getattr(cfg, "architectures", None) or [])):
+        return "qa"
+    return "causal"
+
+
+def _require(lm: LoadedModel, *kinds: str) -> None:
+    if lm.kind not in kinds:
+        from core.errors import NotAvailableError
+
+        use = {"qa": "answer(question, context)", "seq2seq": "summarize(document) or generate(text)",
+               "causal": "generate(prompt)", "reward": "a reward model only scores answers"}[lm.kind]
+        raise NotAvailableError(f"{lm.name} is a {lm.kind} model; this needs a {' or '.join(kinds)} model",
+                                f"use {use}")
 
 
 def _inputs(lm: LoadedModel, prompt: str | list[dict], system_prompt: str = ""):
+    _require(lm, "causal", "seq2seq")
+    if lm.kind == "seq2seq":  # an encoder-decoder reads the text itself, no chat template
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt if m["role"] != "system")
+        enc = lm.tokenizer(text, return_tensors="pt", truncation=True,
+                           max_length=min(getattr(lm.tokenizer, "model_max_length", 1024) or 1024, 4096))
+        return {k: v.to(lm.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if system_prompt and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": system_prompt}, *messages]
@@ -98,7 +154,8 @@ def generate(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int =
     enc = _inputs(lm, prompt, system_prompt)
     with torch.no_grad():
         out = lm.model.generate(**enc, **_gen_kwargs(lm, max_new_tokens, temperature, top_p))
-    return lm.tokenizer.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    new = out[0] if lm.kind == "seq2seq" else out[0][enc["input_ids"].shape[1]:]  # a decoder starts afresh
+    return lm.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -108,7 +165,7 @@ def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 6
     from transformers import TextIteratorStreamer
 
     enc = _inputs(lm, prompt, system_prompt)
-    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=lm.kind == "causal", skip_special_tokens=True)
 
     def _run():
         with torch.no_grad():
@@ -121,3 +178,35 @@ def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 6
         text += piece
         yield text
     thread.join()
+
+
+def summarize(lm: LoadedModel, document: str, *, max_new_tokens: int = 64, max_length: int = 1024) -> str:
+    """A summary of ``document``: from a seq2seq model directly, from a causal LM through the
+    summarization prompt it was trained with (greedy in both cases)."""
+    from core.tasks.summarization import generate_summaries
+
+    _require(lm, "seq2seq", "causal")
+    return generate_summaries(lm.model, lm.tokenizer, [document], seq2seq=lm.kind == "seq2seq",
+                              max_length=max_length, max_new_tokens=max_new_tokens)[0]
+
+
+def answer(lm: LoadedModel, question: str, context: str, *, max_length: int = 384) -> dict:
+    """The answer span to ``question`` in ``context``, from an extractive-QA model.
+
+    Long contexts are read in overlapping windows, as in training. Returns
+    ``{"answer": text, "start": char offset, "end": char offset, "score": probability}``;
+    an empty answer with start = end = -1 means the model finds no answer in the context.
+    """
+    import torch
+
+    from core.tasks.qa import best_span, encode
+
+    _require(lm, "qa")
+    limit = getattr(lm.model.config, "max_position_embeddings", max_length) or max_length
+    inputs, windows = encode([{"question": question, "context": context}], lm.tokenizer,
+                             min(max_length, limit), labels=False)
+    batch = lm.tokenizer.pad(inputs, return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model(**{k: v.to(lm.model.device) for k, v in batch.items()})
+    span = best_span(context, windows, out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())
+    return {k: span[k] for k in ("answer", "start", "end", "score")}

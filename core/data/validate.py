@@ -71,9 +71,12 @@ def requirements(task: str, strategy: str) -> Requirement:
 
     if task not in TASKS:
         raise DataError(f"unknown task '{task}'", f"use one of: {', '.join(TASKS)}")
-    if strategy not in STRATEGIES:
+    registered = _registered_kinds(strategy) if strategy not in STRATEGIES else None
+    if strategy not in STRATEGIES and registered is None:
         raise DataError(f"unknown strategy '{strategy}'", f"use one of: {', '.join(STRATEGIES)}")
-    if strategy in PREFERENCE_STRATEGIES:
+    if registered is not None:  # a strategy added through the registry declares its own kinds
+        kinds, converts = registered, ()
+    elif strategy in PREFERENCE_STRATEGIES:
         kinds, converts = ("preference",), ()
     elif strategy == "kto":
         kinds, converts = ("kto",), (("preference", "kto"),)
@@ -88,6 +91,15 @@ def requirements(task: str, strategy: str) -> Requirement:
     text = (f"{task} with strategy '{strategy}' needs {' or '.join(kinds)} data. "
             f"Formats that fit: {'; '.join(fits)}.")
     return Requirement(task, strategy, kinds, converts, text)
+
+
+def _registered_kinds(strategy: str) -> tuple[str, ...] | None:
+    """The data kinds a strategy registered outside the built-in table declares (None: unknown)."""
+    from core.strategies import registry
+
+    if strategy not in registry.names():
+        return None
+    return tuple(registry.get(strategy).data_kinds) or None
 
 
 @dataclass

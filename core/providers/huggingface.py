@@ -1,8 +1,10 @@
 """The Hugging Face provider: transformers + peft, on CPU, CUDA or MPS.
 
 Resolves ``demo`` / a local folder / a hub id, picks the dtype from the device (bf16 where
-supported), applies the quantisation factory, and makes sure the tokenizer has a pad token and
-a chat template (ChatML as the fallback for base models that ship none).
+supported), applies the quantisation factory, loads the Auto class the task needs (causal LM for
+text generation; seq2seq or causal LM for summarization, by the model's config; a span head for
+extractive QA), and makes sure the tokenizer has a pad token and, for causal LMs, a chat template
+(ChatML as the fallback for base models that ship none).
 """
 
 from __future__ import annotations
@@ -29,20 +31,21 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def resolve_model_path(name: str, *, trust_remote_code: bool = False) -> str:
+def resolve_model_path(name: str, *, trust_remote_code: bool = False, task: str = "text-generation") -> str:
     """Turn the config's ``model`` into something ``from_pretrained`` can load without waiting.
 
-    Returns the demo folder, a local folder, or the hub id when it is cached or the hub is
-    reachable.
+    Returns the demo folder (``demo`` follows ``task``: see :func:`core.demo_model.demo_for`), a
+    local folder, or the hub id when it is cached or the hub is reachable.
 
     Raises:
         ModelLoadError: a local path that does not exist or holds no model.
         OfflineError: a hub id that is not cached while the hub cannot be reached.
     """
-    from core.demo_model import demo_path, is_demo
+    from core.demo_model import demo_for
 
-    if is_demo(name):
-        return str(demo_path())
+    demo = demo_for(name, task)
+    if demo is not None:
+        return str(demo)
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
@@ -84,8 +87,12 @@ def pick_dtype(precision: str) -> str:
     return "fp32"  # CPU: autocast bf16 is used by the trainer when supported (see engine)
 
 
-def quantization_config(kind: str, compute_dtype: str = "bf16"):
-    """The shared quantisation factory: 'none' -> None, '4bit' (NF4, QLoRA), '8bit'."""
+def quantization_config(kind: str, compute_dtype: str = "bf16", skip_modules: list[str] | None = None):
+    """The shared quantisation factory: 'none' -> None, '4bit' (NF4, QLoRA), '8bit'.
+
+    ``skip_modules`` stay in full precision: task heads that train fully (a QA span head has 2
+    outputs, which bitsandbytes' CPU kernels cannot even pack).
+    """
     if kind == "none":
         return None
     import torch
@@ -97,10 +104,11 @@ def quantization_config(kind: str, compute_dtype: str = "bf16"):
         raise ModelLoadError(f"{kind} quantisation needs bitsandbytes, which failed to import: {exc}",
                              "pip install bitsandbytes, or set quantization: none") from None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype, torch.float32)
+    skip = {"llm_int8_skip_modules": skip_modules} if skip_modules else {}
     if kind == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    return BitsAndBytesConfig(load_in_8bit=True)
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype, **skip)
+    return BitsAndBytesConfig(load_in_8bit=True, **skip)
 
 
 CHATML_FALLBACK = (
@@ -111,13 +119,47 @@ CHATML_FALLBACK = (
 )
 
 
-def prepare_tokenizer(tokenizer: Any) -> Any:
-    """Give the tokenizer what training needs: a pad token and a chat template."""
+def prepare_tokenizer(tokenizer: Any, chat: bool = True) -> Any:
+    """Give the tokenizer what training needs: a pad token and (``chat``) a chat template."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if not getattr(tokenizer, "chat_template", None):
+    if chat and not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_FALLBACK
     return tokenizer
+
+
+# What each kind of model is, and the Auto class that loads it.
+MODEL_KINDS = ("causal", "seq2seq", "qa", "reward")
+
+
+def model_kind(path: str, task: str = "text-generation", *, trust_remote_code: bool = False) -> str:
+    """Which head ``task`` needs on the model at ``path``: 'causal', 'seq2seq' or 'qa'.
+
+    Summarization uses a seq2seq head when the model is an encoder-decoder (T5, BART) and a
+    causal LM with a summarization prompt otherwise.
+    """
+    if task == "extractive-qa":
+        return "qa"
+    if task == "summarization":
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not read the config of '{path}': {str(exc).splitlines()[0]}",
+                                 "check the folder or hub id") from None
+        return "seq2seq" if getattr(cfg, "is_encoder_decoder", False) else "causal"
+    return "causal"
+
+
+def auto_class(kind: str):
+    """The transformers Auto class for a model kind (see MODEL_KINDS)."""
+    import transformers
+
+    return getattr(transformers, {
+        "causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
+        "qa": "AutoModelForQuestionAnswering", "reward": "AutoModelForSequenceClassification",
+    }[kind])
 
 
 class HuggingFaceProvider:
@@ -129,29 +171,37 @@ class HuggingFaceProvider:
 
     def load(self, config, *, for_training: bool = True) -> tuple[Any, Any]:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        path = resolve_model_path(config.model, trust_remote_code=config.trust_remote_code)
+        path = resolve_model_path(config.model, trust_remote_code=config.trust_remote_code, task=config.task)
+        kind = model_kind(path, config.task, trust_remote_code=config.trust_remote_code)
         dtype_name = pick_dtype(config.precision)
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-        quant = quantization_config(config.quantization, dtype_name)
+        quant = quantization_config(config.quantization, dtype_name, skip_modules=_HEADS.get(kind))
         kwargs: dict[str, Any] = {
             "trust_remote_code": config.trust_remote_code,
             "use_safetensors": None if config.trust_remote_code else True,
         }
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
+            model = auto_class(kind).from_pretrained(
                 path, dtype=torch_dtype, quantization_config=quant,
                 device_map="auto" if torch.cuda.is_available() else None, **kwargs)
         except OSError as exc:
             raise ModelLoadError(f"could not load model '{config.model}': {str(exc).splitlines()[0]}",
-                                 "check that the folder or hub id holds a causal language model "
+                                 f"check that the folder or hub id holds a {_KIND_TEXT[kind]} "
                                  "with safetensors weights") from None
         except ValueError as exc:
             raise ModelLoadError(f"could not load model '{config.model}': {str(exc).splitlines()[0]}",
-                                 "this model type may need trust_remote_code, or is not a causal LM") from None
-        return model, prepare_tokenizer(tokenizer)
+                                 f"{config.task} needs a {_KIND_TEXT[kind]}; this model may need "
+                                 "trust_remote_code, or be of another kind") from None
+        return model, prepare_tokenizer(tokenizer, chat=kind == "causal")
+
+
+# Heads that start untrained and train fully: never quantised (see quantization_config).
+_HEADS = {"qa": ["qa_outputs"], "reward": ["score", "classifier"]}
+_KIND_TEXT = {"causal": "causal language model", "seq2seq": "sequence-to-sequence model (T5, BART)",
+              "qa": "encoder (BERT-style) for question answering", "reward": "sequence classifier"}
 
 
 register("huggingface", HuggingFaceProvider)

@@ -1,7 +1,11 @@
-"""What every strategy shares: translating the run config into trl/peft arguments.
+"""What every strategy shares: translating the run config into trl/peft arguments, and the
+small steps each strategy repeats.
 
 One function per translation (config -> TrainingArguments kwargs, config -> LoraConfig), so the
 strategies stay short and read top to bottom. Mirrors trl's ``ModelConfig -> get_peft_config``.
+Also here: rows -> datasets (``dataset``, ``fit_preference``, ``fit_prompt``), saving
+(``save``), final metrics (``final_metrics``), per-evaluation perplexity (``with_perplexity``)
+and extra metric curves from a trainer's logs (``log_recorder``).
 """
 
 from __future__ import annotations
@@ -12,15 +16,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from core.engine import TrainContext
 
 
+# Task heads that start untrained: trained fully and saved with the adapter, never given LoRA
+# themselves ("all-linear" would otherwise wrap them, and peft refuses both at once).
+HEADS = {"QUESTION_ANS": ["qa_outputs"], "SEQ_CLS": ["score", "classifier"]}
+
+
 def lora_config(config, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
     targets = config.lora_target_modules.strip()
+    heads = HEADS.get(task_type)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        exclude_modules=heads,
+        modules_to_save=heads,
         task_type=task_type,
         bias="none",
     )
@@ -71,18 +83,6 @@ def quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def final_eval(trainer, eval_ds) -> dict:
-    """eval_loss/perplexity at the end, reusing an evaluation already run at the last step."""
-    import math
-
-    if eval_ds is None:
-        return {}
-    step = trainer.state.global_step
-    done = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == step]
-    loss = done[-1]["eval_loss"] if done else trainer.evaluate()["eval_loss"]
-    return {"eval_loss": float(loss), "perplexity": math.exp(min(float(loss), 50))}
-
-
 def last_train_loss(trainer) -> float | None:
     for entry in reversed(trainer.state.log_history):
         if "loss" in entry:
@@ -90,3 +90,155 @@ def last_train_loss(trainer) -> float | None:
         if "train_loss" in entry:
             return float(entry["train_loss"])
     return None
+
+
+def peft_for(ctx: "TrainContext", task_type: str = "CAUSAL_LM"):
+    """The LoRA config for the trainer, or None when the provider already applied LoRA (unsloth)."""
+    if getattr(ctx.model, "_modelforge_peft_applied", False):
+        return None
+    return lora_config(ctx.config, task_type)
+
+
+def with_lora(ctx: "TrainContext", task_type: str):
+    """The context's model wrapped in LoRA, for transformers trainers (which, unlike trl's, take no
+    peft_config). A 4-bit/8-bit base is prepared for k-bit training first, as trl does."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    peft = peft_for(ctx, task_type)
+    if peft is None:
+        return ctx.model
+    model = ctx.model
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ctx.config.gradient_checkpointing)
+    return get_peft_model(model, peft)
+
+
+def dataset(rows: list[dict]):
+    """A datasets.Dataset from canonical rows (None for no rows: no evaluation)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows) if rows else None
+
+
+def save(trainer, ctx: "TrainContext") -> None:
+    """The trained weights (the LoRA adapter) and the tokenizer, together in ``ctx.model_dir``."""
+    trainer.save_model(str(ctx.model_dir))
+    ctx.tokenizer.save_pretrained(str(ctx.model_dir))
+
+
+def fit_preference(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Render preference rows with the chat template as text, cut so prompt + each answer fit.
+
+    The prompt keeps its last half of ``max_length`` (the question sits at its end), the answers
+    their beginnings. For trainers that drop or mangle over-long rows instead of truncating
+    them well (trl 1.14's ORPO and RewardTrainer).
+    """
+    from trl import maybe_apply_chat_template
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    out = []
+    for row in rows:
+        text = maybe_apply_chat_template(row, tokenizer)
+        prompt_ids = ids(text["prompt"])[-(max_length // 2):]
+        room = max_length - len(prompt_ids) - 1  # -1: the end-of-sequence token trl appends
+        out.append({"prompt": tokenizer.decode(prompt_ids),
+                    "chosen": tokenizer.decode(ids(text["chosen"])[:room]),
+                    "rejected": tokenizer.decode(ids(text["rejected"])[:room])})
+    return out
+
+
+def fit_prompt(messages: list[dict], tokenizer, max_tokens: int) -> str:
+    """A chat prompt rendered for generation (template + assistant header), keeping its last
+    ``max_tokens`` tokens."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][-max_tokens:])
+
+
+def final_metrics(trainer, eval_ds, *, perplexity: bool = False, keep: tuple[str, ...] | None = None) -> dict:
+    """The quality metrics of a final evaluation (loss, rewards, ROUGE, EM/F1, ...).
+
+    Reuses an evaluation already run at the last step (its log entry) instead of running it
+    twice. ``perplexity`` adds exp(eval_loss), meaningful only for a token-level LM loss.
+    ``keep`` names the ones worth reporting (see core.evaluation.select); every eval metric is
+    stored as a curve anyway (EventCallback.on_evaluate).
+    """
+    from core.evaluation import perplexity as ppl
+    from core.evaluation import quality_metrics, select
+
+    if eval_ds is None:
+        return {}
+    step = trainer.state.global_step
+    done = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == step]
+    metrics = quality_metrics(done[-1] if done else trainer.evaluate())
+    metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+    if keep is not None:
+        metrics = select(metrics, keep + ("eval_perplexity",))
+    if "eval_perplexity" in metrics:
+        metrics["perplexity"] = metrics.pop("eval_perplexity")
+    elif perplexity and "eval_loss" in metrics:
+        metrics["perplexity"] = ppl(metrics["eval_loss"])
+    return metrics
+
+
+def with_perplexity(trainer_cls):
+    """``trainer_cls`` whose evaluations also report eval_perplexity = exp(eval_loss).
+
+    For trainers whose eval loss is a per-token language-model loss (SFT); the EventCallback
+    stores it as ``perplexity``. Preference and RL losses have no perplexity.
+    """
+    from core.evaluation import perplexity
+
+    class PerplexityTrainer(trainer_cls):
+        def evaluation_loop(self, *args, **kwargs):
+            output = super().evaluation_loop(*args, **kwargs)
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            if f"{prefix}_loss" in output.metrics:
+                output.metrics[f"{prefix}_perplexity"] = perplexity(output.metrics[f"{prefix}_loss"])
+            return output
+
+    PerplexityTrainer.__name__ = PerplexityTrainer.__qualname__ = f"Perplexity{trainer_cls.__name__}"
+    return PerplexityTrainer
+
+
+def event_callback(ctx: "TrainContext"):
+    """The engine's EventCallback among ``ctx.callbacks`` (None when a test built ctx without one)."""
+    return next((cb for cb in ctx.callbacks if hasattr(cb, "store") and hasattr(cb, "run_id")), None)
+
+
+def log_recorder(ctx: "TrainContext", name_of, stage: str = ""):
+    """A TrainerCallback that stores chosen keys of the trainer's logs as metric curves.
+
+    The EventCallback stores the loss and the usual training figures; a strategy whose trainer
+    logs more (GRPO: reward, kl) or that runs a second trainer (rlhf's reward model, whose
+    metrics are stored as reward_*) adds one of these. ``name_of(key)`` gives the stored name of
+    a log key, or None to skip it. It also carries the user's Stop into a trainer that has no
+    EventCallback.
+
+    Args:
+        ctx: the run's context (its EventCallback gives the store, run id and event log).
+        name_of: log key -> stored metric name, or None.
+        stage: a word prefixed to the progress messages (e.g. "reward model").
+    """
+    from transformers import TrainerCallback
+
+    from core.evaluation import quality_metrics
+
+    owner = event_callback(ctx)
+
+    class LogRecorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            values = {name_of(k): v for k, v in quality_metrics(dict(logs or {})).items() if name_of(k)}
+            if owner is not None and values:
+                owner.store.add_metrics(owner.run_id, state.global_step, values)
+                text = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                owner.events.emit("log", step=state.global_step, total_steps=state.max_steps,
+                                  message=f"{stage} step {state.global_step}: {text}" if stage else text)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if ctx.stopped():
+                control.should_training_stop = True
+            return control
+
+    return LogRecorder()

@@ -3,6 +3,10 @@
 Conversations become trl's conversational prompt/completion rows (everything up to the last
 assistant turn is the prompt), so the loss falls on the answer only for any chat template;
 ``loss_on: all`` trains on the whole text. Plain ``text`` rows are continued pre-training.
+
+The other tasks are supervised fine-tuning too, each with its own head and metrics, in
+core/tasks/: summarization (seq2seq, or causal with a prompt; ROUGE) and extractive QA (a span
+head; exact match and F1).
 """
 
 from __future__ import annotations
@@ -24,12 +28,18 @@ def to_trl_rows(rows: list[dict]) -> list[dict]:
 @dataclass
 class SFTStrategy:
     name: str = "sft"
-    description: str = "Supervised fine-tuning with LoRA on chat, instruction or plain-text data"
-    tasks: tuple[str, ...] = ("text-generation",)
-    data_kinds: tuple[str, ...] = ("conversation", "text")
+    description: str = ("Supervised fine-tuning with LoRA: chat, instruction or plain-text data; "
+                        "document/summary pairs; SQuAD-style questions")
+    tasks: tuple[str, ...] = ("text-generation", "summarization", "extractive-qa")
+    data_kinds: tuple[str, ...] = ("conversation", "text", "summarization", "qa")
     quantization: str | None = None  # qlora forces "4bit"
 
     def available(self) -> tuple[bool, str]:
+        if self.quantization:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                return False, "needs bitsandbytes (pip install bitsandbytes)"
         return True, ""
 
     def adjust_config(self, config):
@@ -38,10 +48,20 @@ class SFTStrategy:
         return config
 
     def train(self, ctx) -> dict:
+        if ctx.config.task == "summarization":
+            from core.tasks import summarization
+
+            seq2seq = bool(getattr(ctx.model.config, "is_encoder_decoder", False))
+            return summarization.train_seq2seq(ctx) if seq2seq else summarization.train_causal(ctx)
+        if ctx.config.task == "extractive-qa":
+            from core.tasks import qa
+
+            return qa.train(ctx)
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from core.strategies.common import final_eval, last_train_loss, lora_config, quiet, training_kwargs
+        from core.strategies.common import (final_metrics, last_train_loss, lora_config, quiet, training_kwargs,
+                                            with_perplexity)
 
         c = ctx.config
         # 1. data, in trl's shape
@@ -57,8 +77,9 @@ class SFTStrategy:
         )
         # 3. trainer, with LoRA unless the provider already applied it (unsloth)
         peft = None if getattr(ctx.model, "_modelforge_peft_applied", False) else lora_config(c)
-        trainer = SFTTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
+        trainer = with_perplexity(SFTTrainer)(
+            model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
         quiet(trainer)
         ctx.trainer = trainer
         # 4. train (resuming from a checkpoint when asked)
@@ -69,4 +90,4 @@ class SFTStrategy:
         trainer.save_model(str(ctx.model_dir))
         ctx.tokenizer.save_pretrained(str(ctx.model_dir))
         # 6. evaluate
-        return {"train_loss": last_train_loss(trainer), **final_eval(trainer, eval_ds)}
+        return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=("eval_loss",))}

@@ -1,0 +1,1 @@
+"""Worked examples for docs/extending.md: not registered by default (tests register them)."""
