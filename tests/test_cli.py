@@ -113,7 +113,7 @@ def test_validate_rejects_alpaca_for_dpo_naming_the_missing_columns(home, shared
 
 def test_train_with_bad_config_exits_2_and_records_nothing(home, shared_data):
     out = mf("train", "--dataset", str(shared_data / "identity.json"), "--lora-r", "0", "--name", "../x",
-             "--strategy", "sft", "--task", "extractive-qa", home=home)
+             "--strategy", "dpo", "--task", "extractive-qa", home=home)
     assert out.returncode == 2
     for field in ("lora_r", "name", "strategy"):
         assert field in out.stderr

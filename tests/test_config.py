@@ -51,7 +51,7 @@ def test_hostile_names_are_refused(name):
 
 
 def test_strategy_that_does_not_fit_the_task_is_refused():
-    problems = validate_config(RunConfig(dataset="d.json", strategy="sft", task="extractive-qa"), check_paths=False)
+    problems = validate_config(RunConfig(dataset="d.json", strategy="dpo", task="extractive-qa"), check_paths=False)
     msgs = [p.message for p in problems if p.field == "strategy"]
     assert msgs and "cannot train task" in msgs[0]
 
