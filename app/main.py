@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="ask a trained model (or any model) a question")
     gen.add_argument("--model", required=True, help="a model record id or name, a model folder, or 'demo'")
-    gen.add_argument("--prompt", required=True, help="the user message")
+    gen.add_argument("--prompt", required=True,
+                     help="the user message; for a summarization model the document; for an "
+                          "extractive-QA model the question (with --context)")
+    gen.add_argument("--context", default="", help="extractive QA: the text to find the answer in")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--base", action="store_true", help="answer with the base model, without the adapter")
@@ -226,8 +229,9 @@ class _ProgressPrinter:
             line = f"step {ev.step}/{ev.total_steps} loss {d['loss']:.4f} lr {d.get('learning_rate') or 0:.2e}{tps}{eta}"
             print(("\r" + line.ljust(90)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
         elif ev.type == "eval":
-            print(("\n" if self.tty else "") + f"eval at step {ev.step}: loss {d['eval_loss']:.4f} "
-                  f"perplexity {d['perplexity']:.2f}", file=sys.stderr)
+            values = " ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in d.items()
+                              if isinstance(v, (int, float)) and k.startswith(("eval_", "perplexity")))
+            print(("\n" if self.tty else "") + f"eval at step {ev.step}: {values}", file=sys.stderr)
         elif ev.type == "checkpoint":
             if self.tty:
                 print(file=sys.stderr)
@@ -280,11 +284,25 @@ def cmd_generate(args) -> int:
             if "/" not in args.model:
                 raise
     lm = load_model(target, base_only=args.base)
-    answer = generate(lm, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    if args.json:
-        print(json.dumps({"model": lm.name, "prompt": args.prompt, "answer": answer}))
+    extra: dict = {}
+    if lm.kind == "qa":
+        from core.errors import ConfigError
+        from core.inference import answer as answer_span
+
+        if not args.context:
+            raise ConfigError("this is an extractive-QA model: it needs --context TEXT to find the answer in")
+        extra = answer_span(lm, args.prompt, args.context)
+        answer = extra["answer"]
+    elif lm.kind == "seq2seq" or lm.card.get("task") == "summarization":
+        from core.inference import summarize
+
+        answer = summarize(lm, args.prompt, max_new_tokens=args.max_new_tokens)
     else:
-        print(answer)
+        answer = generate(lm, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.json:
+        print(json.dumps({"model": lm.name, "prompt": args.prompt, "answer": answer, **extra}))
+    else:
+        print(answer if answer else "(no answer found)" if lm.kind == "qa" else answer)
     return EXIT_OK
 
 
