@@ -22,7 +22,7 @@ import traceback
 from dataclasses import fields
 from typing import Any
 
-from core.config import PROVIDERS, STRATEGIES, TASKS, RunConfig, coerce, load_yaml
+from core.config import TASKS, RunConfig, coerce, field_choices, load_yaml
 
 EXIT_OK, EXIT_FAULT, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -51,8 +51,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
         help_text = f.metadata["help"] + f" (default: {default if default != '' else 'none'})"
         kwargs: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None, "help": help_text}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
+        choices = field_choices(f)
+        if choices:
+            kwargs["choices"] = choices
         if f.type in ("bool", bool):
             kwargs["metavar"] = "{true,false}"
         group.add_argument(flag, **kwargs)
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a data file before training")
     val.add_argument("path", help="a .json, .jsonl, .csv or .parquet file")
     val.add_argument("--task", choices=TASKS, default="text-generation")
-    val.add_argument("--strategy", choices=STRATEGIES, default="sft")
+    val.add_argument("--strategy", default="sft", help="the strategy the data is for (default: sft)")
     val.add_argument("--format", dest="dataset_format", default="auto", help="force a data format (default: auto)")
     val.add_argument("--column-map", default="", help="rename columns: old=new,old2=new2")
     val.add_argument("--model", default=None,

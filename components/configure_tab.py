@@ -23,7 +23,7 @@ import gradio as gr
 
 from components.common import (AppContext, default_config, endpoint, guard, load_preset, log,
                                mapping_to_text, preset_names, problems_markdown, resolve_dataset)
-from core.config import RunConfig, config_fields, from_yaml, to_yaml
+from core.config import RunConfig, config_fields, field_choices, from_yaml, to_yaml
 from core.errors import ConfigError, ModelForgeError, Problem
 
 FIELDS: list[dataclasses.Field] = config_fields()
@@ -226,8 +226,8 @@ def field_component(f: dataclasses.Field, value: Any) -> gr.components.Component
                   min_width=240)
     if f.name == "model":
         return gr.Dropdown(choices=_model_choices(), value=value, allow_custom_value=True, **common)
-    if "choices" in meta:
-        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
+    if field_choices(f):
+        return gr.Dropdown(choices=list(field_choices(f)), value=value, **common)
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if kind in ("int", "float"):

@@ -219,6 +219,20 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """Allowed values of a field. Strategies and providers come from their registries, so a
+    new one (one file + one line in its registry) is accepted by the config, the CLI and the form."""
+    if f.name == "strategy":
+        from core.strategies.registry import names
+
+        return tuple(names())
+    if f.name == "provider":
+        from core.providers.registry import names as provider_names
+
+        return tuple(provider_names())
+    return f.metadata.get("choices")
+
+
 def config_fields() -> list[dataclasses.Field]:
     """The fields of RunConfig in declaration order (what the CLI and the form iterate)."""
     return list(fields(RunConfig))
@@ -300,9 +314,10 @@ def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem
     for f in fields(config):
         value = getattr(config, f.name)
         meta = f.metadata
-        if "choices" in meta and value not in meta["choices"]:
+        choices = field_choices(f)
+        if choices and value not in choices:
             problems.append(Problem(
-                f"'{value}' is not one of: {', '.join(meta['choices'])}",
+                f"'{value}' is not one of: {', '.join(choices)}",
                 f"set {f.name} to one of the listed values", field=f.name))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "min" in meta and value < meta["min"]:

@@ -84,3 +84,13 @@ def test_preset_dataset_path_is_relative_to_the_preset():
     cfg = load_yaml(ASSETS / "presets" / "identity-demo.yaml")
     assert cfg.dataset.endswith("identity.json")
     assert validate_config(cfg) == []
+
+
+def test_a_registered_strategy_is_accepted_by_config_and_cli(monkeypatch):
+    from core.strategies import registry
+    from core.strategies.sft import SFTStrategy
+
+    monkeypatch.setitem(registry._REGISTRY, "mystrategy", lambda: SFTStrategy(name="mystrategy"))
+    assert validate_config(RunConfig(dataset="d.json", strategy="mystrategy"), check_paths=False) == []
+    args = build_parser().parse_args(["train", "--strategy", "mystrategy"])
+    assert config_from_args(args).strategy == "mystrategy"
