@@ -8,7 +8,10 @@ with uvicorn (``modelforge ui``), and opens a share link on request.
 
 Security: a share link or a Hugging Face Space is public, so it asks for a login (``--auth``
 or ``MODELFORGE_AUTH``) unless the owner passes ``--no-auth``; otherwise it refuses to start.
-Public apps also read data only from uploads, the bundled examples and the data folder.
+Public apps also read data only from uploads, the bundled examples and the data folder. The
+login covers the page, the uploads and every named API endpoint (``/api/health`` and
+``/api/info`` stay open: they carry no user data). Uploads are capped at
+``MODELFORGE_MAX_UPLOAD_MB`` (default 200; Gradio refuses bigger files with HTTP 413).
 
 Heavy libraries are not imported here: the first page is up in a few seconds and torch loads
 with the first action that needs it.
@@ -181,6 +184,7 @@ def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
         (blocks, app): ``app`` is what uvicorn serves.
     """
     from app.api import build_api
+    from components.dataset_tab import max_upload_bytes
     from components.models_tab import exports_dir
 
     if services is None:
@@ -197,6 +201,9 @@ def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
         allowed_paths=[str(exports_dir())],  # merged models offered for download
         ssr_mode=False, run_history=False,   # run history would keep inputs (e.g. a Hub token)
         footer_links=["api", "gradio"], show_error=False,
+        # Gradio refuses bigger uploads before they reach the disk (HTTP 413); the Dataset tab
+        # checks again with a message that says how to raise MODELFORGE_MAX_UPLOAD_MB.
+        max_file_size=max_upload_bytes(),
     )
     app.state.modelforge = ctx
     return blocks, app

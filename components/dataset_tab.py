@@ -10,8 +10,10 @@ The checking itself is :func:`core.data.validate_file`; this module only renders
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -21,7 +23,7 @@ from components.common import (DEFAULT_EXAMPLE, AppContext, dataset_label, endpo
                                file_path_of, guard, log, mapping_to_text, parse_mapping_text, problems_rows,
                                resolve_dataset, store_upload, warn)
 from core.config import DATA_FORMATS, RunConfig
-from core.errors import ModelForgeError
+from core.errors import DataError, ModelForgeError
 
 PREVIEW_ROWS = 3
 PREVIEW_CHARS = 600
@@ -30,6 +32,48 @@ HIST_BINS = 16
 PROBLEM_ROWS = 500
 COLOR_MAP = {"trained": "#16a34a", "masked": "#94a3b8", "rejected": "#dc2626"}
 PROBLEM_HEADERS = ["severity", "where", "problem", "fix"]
+# Uploads larger than this are refused (MODELFORGE_MAX_UPLOAD_MB; 0: no limit). 200 MB holds a
+# few hundred thousand chat examples; a bigger data set is better read from disk (the CLI, or a
+# path on a private app) than sent through a browser, and a public app must not let a visitor
+# fill its disk.
+DEFAULT_MAX_UPLOAD_MB = 200.0
+
+
+def max_upload_mb() -> float:
+    """The upload limit in MB from ``MODELFORGE_MAX_UPLOAD_MB`` (default 200; 0 or less: none)."""
+    raw = os.environ.get("MODELFORGE_MAX_UPLOAD_MB", "").strip()
+    if not raw:
+        return DEFAULT_MAX_UPLOAD_MB
+    try:
+        return float(raw)
+    except ValueError:
+        log.warning("MODELFORGE_MAX_UPLOAD_MB=%r is not a number; using %g", raw, DEFAULT_MAX_UPLOAD_MB)
+        return DEFAULT_MAX_UPLOAD_MB
+
+
+def max_upload_bytes() -> int | None:
+    """The upload limit in bytes, or None for no limit (what Gradio's ``max_file_size`` takes)."""
+    mb = max_upload_mb()
+    return int(mb * 2**20) if mb > 0 else None
+
+
+def check_upload_size(path: str | Path) -> None:
+    """Refuse an uploaded file over the limit, before it is copied or read.
+
+    Raises:
+        DataError: naming the file, its size and the limit, and how to raise it.
+    """
+    limit = max_upload_bytes()
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return  # a missing file is reported by the next step, with its own message
+    if limit is not None and size > limit:
+        name = Path(path).name
+        raise DataError(
+            f"{name} is {size / 2**20:.1f} MB, over this app's upload limit of {max_upload_mb():g} MB",
+            "upload a smaller file (split it, or keep the rows you need), or start ModelForge with a "
+            "higher MODELFORGE_MAX_UPLOAD_MB; `modelforge train --dataset FILE` reads files of any size")
 
 
 @dataclass
@@ -261,10 +305,13 @@ def source_of(upload: Any, example: str | None, restrict: bool = False) -> str:
     Raises:
         ModelForgeError: with ``restrict``, an "upload" that names a file outside Gradio's upload
             folder, the examples or the data folder (an API caller can send any path).
+        DataError: the upload is larger than :func:`max_upload_mb` (nothing is copied).
     """
     path = file_path_of(upload)
     if path:
-        return str(store_upload(resolve_dataset(path, restrict)))
+        resolved = resolve_dataset(path, restrict)
+        check_upload_size(resolved)
+        return str(store_upload(resolved))
     return example or ""
 
 

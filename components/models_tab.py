@@ -107,14 +107,24 @@ def delete_model(ctx: AppContext, model_id: str, confirm: bool) -> str:
     if not confirm:
         raise ModelForgeError("deleting needs a confirmation", "tick 'Yes, delete it' and press Delete again")
     rec = ctx.store.get_model(model_id)
-    folder = inside_home(rec.path)  # raises before anything is deleted
-    export = inside_home(exports_dir() / rec.id)
-    for path in (folder, export):
-        if path.exists():
-            shutil.rmtree(path)
+    # Both checked before anything is deleted. Depth 2: a record whose path is the data folder or
+    # one of its main folders (or whose id is "..") must not take everything with it.
+    folder = inside_home(rec.path, min_depth=2)
+    export = inside_home(exports_dir() / rec.id, min_depth=2)
+    # The record goes first, in one transaction: of two browsers deleting the same model at
+    # once, exactly one gets past this line (the other is told it is gone) and removes the files.
     ctx.store.delete_model(rec.id)
     ctx.models.evict(rec.id)
+    for path in (folder, export):
+        if path.exists():
+            shutil.rmtree(path, onerror=_ignore_missing)
     return f"Deleted {rec.name} ({rec.id}) and its files."
+
+
+def _ignore_missing(func, path, exc_info) -> None:
+    """rmtree's error handler: a file someone else removed meanwhile is fine; anything else is not."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 def merge_model(ctx: AppContext, model_id: str) -> str:
@@ -132,8 +142,14 @@ def merge_model(ctx: AppContext, model_id: str) -> str:
     if not (src / "adapter_config.json").exists():
         raise ModelForgeError(f"{rec.name} is not a LoRA adapter (nothing to merge)",
                               "its folder is already a full model")
-    out = exports_dir() / rec.id / f"{rec.name}-merged"
-    zip_base = out.parent / f"{rec.name}-merged"
+    # The export folder is rebuilt (rmtree) each time: it must be this model's own folder under
+    # exports/, whatever the record's id and name hold (a name is a file name here, never a path).
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in rec.name).strip("._")[:64] or "model"
+    out = inside_home(exports_dir() / rec.id / f"{safe}-merged", min_depth=3)
+    if out.parent.parent != exports_dir().resolve():
+        raise ModelForgeError(f"refusing to export model '{rec.id}': its id is not a plain name",
+                              "re-create the record, or merge the folder yourself")
+    zip_base = out.parent / f"{safe}-merged"
     if out.exists():
         shutil.rmtree(out)
     lm = load_model(str(src))  # a fresh copy: merging changes the weights of the model it is given

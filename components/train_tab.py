@@ -268,10 +268,11 @@ def start_training(ctx: AppContext, config: RunConfig) -> dict:
             raise BusyError(f"this configuration is already {ctx.store.get_run(rid).status} as run {rid}",
                             "watch it in the Train tab, or stop it first")
     fit_ok, fit_text = memory_check(config)
-    busy = ctx.jobs.current
     run_id = ctx.jobs.submit(config)
-    if busy:
-        pos = ctx.jobs.waiting().index(run_id) + 1 if run_id in ctx.jobs.waiting() else 1
+    # Asked after submitting, of the manager itself: two Starts at the same moment must not both
+    # read "nothing is training" and both say "started".
+    pos, busy = ctx.jobs.ahead(run_id)
+    if pos:
         message = (f"Run {busy} is training. Yours ({run_id}) waits in the queue (position {pos}) and starts "
                    "when it ends: one run trains at a time per device. Stop the current run to start yours sooner.")
     else:

@@ -3,6 +3,10 @@
 A ``TrainerCallback`` turns the trainer's logs into typed events (step, eval, checkpoint),
 stores the metric curves, beats the run's heartbeat, and carries the user's stop request into
 the trainer: ``should_training_stop`` plus ``should_save``, so stopping keeps a checkpoint.
+
+In a multi-process run (core/distributed.py) every rank has one: only the main process (world
+rank 0) emits events and writes metrics and heartbeats, and all ranks agree after each step on
+whether to stop (the user's Stop reaches them as the run's stop file), so they stop together.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ def memory_in_use_mb() -> float:
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
 
 
+def _main(state) -> bool:
+    """Whether this process reports: world rank 0 (the only one, outside multi-process runs)."""
+    return getattr(state, "is_world_process_zero", True)
+
+
 class EventCallback(TrainerCallback):
     def __init__(self, events: EventLog, store: RecordStore, run_id: str, stop_event: threading.Event):
         self.events = events
@@ -48,6 +57,8 @@ class EventCallback(TrainerCallback):
         self.total = state.max_steps
         self.t0 = time.time()
         self.step = state.global_step
+        if not _main(state):
+            return
         self.store.heartbeat(self.run_id, step=state.global_step, total=state.max_steps)
         self.events.emit("log", step=state.global_step, total_steps=self.total,
                          message=f"training for {self.total} steps")
@@ -55,17 +66,26 @@ class EventCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.step = state.global_step
         now = time.time()
-        if now - self.last_beat > HEARTBEAT_EVERY_S:
+        if _main(state) and now - self.last_beat > HEARTBEAT_EVERY_S:
             self.last_beat = now
             self.store.heartbeat(self.run_id, step=state.global_step)
-        if self.stop_event.is_set():
+        if self._stop_requested(args):
+            self.stop_event.set()  # the engine ends the run as cancelled, on every rank
             control.should_training_stop = True
             control.should_save = True  # graceful stop keeps a checkpoint to resume from
         return control
 
+    def _stop_requested(self, args) -> bool:
+        """This process's stop event or, in a launched worker, the run's stop file; OR-ed over all
+        ranks (a no-op for one process), so that every rank stops after the same step."""
+        from core.distributed import agree, stop_file_present
+
+        return agree(self.stop_event.is_set() or stop_file_present(), getattr(args, "device", None))
+
     def on_train_end(self, args, state, control, **kwargs):
         self.step = state.global_step
-        self.store.heartbeat(self.run_id, step=state.global_step)
+        if _main(state):
+            self.store.heartbeat(self.run_id, step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -76,8 +96,10 @@ class EventCallback(TrainerCallback):
             return
         loss = float(logs["loss"])
         if math.isnan(loss) or math.isinf(loss):
-            self.nan_loss = True
+            self.nan_loss = True  # on every rank: the logged loss is the mean over all of them
             control.should_training_stop = True
+        if not _main(state):
+            return control
         now = time.time()
         tokens = logs.get("num_tokens") or logs.get("num_input_tokens_seen")
         tps = None
@@ -103,7 +125,7 @@ class EventCallback(TrainerCallback):
         from core.evaluation import perplexity, quality_metrics
 
         values = {k: v for k, v in quality_metrics(dict(metrics or {})).items() if k.startswith("eval_")}
-        if not values:
+        if not values or not _main(state):
             return
         if "eval_perplexity" in values:
             values["perplexity"] = values.pop("eval_perplexity")
@@ -115,4 +137,5 @@ class EventCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         self.last_checkpoint = path
-        self.events.emit("checkpoint", step=state.global_step, total_steps=self.total, path=path)
+        if _main(state):
+            self.events.emit("checkpoint", step=state.global_step, total_steps=self.total, path=path)

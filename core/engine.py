@@ -7,9 +7,11 @@ the events file says so, and only a completed run gets a model record.
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import logging
-import os
+import shutil
 import threading
 import time
 import traceback
@@ -115,7 +117,7 @@ def preflight(config: RunConfig) -> list:
         template_vars=config.template_vars, system_prompt=config.system_prompt, max_length=config.max_length,
     )
     problems = list(report.errors) + ([] if report.ok or report.errors else list(report.problems))
-    return problems + memory_problems(config)
+    return problems + memory_problems(config) + disk_problems(config)
 
 
 def memory_problems(config: RunConfig) -> list:
@@ -140,6 +142,79 @@ def memory_problems(config: RunConfig) -> list:
     return [Problem(f"this run needs about {result.needed_gib:.1f} GiB but only {result.available_gib:.1f} GiB "
                     f"is free on the {result.device}", "; or ".join(result.fixes[:4]) or "choose a smaller model",
                     field="model")]
+
+
+# Besides checkpoints and the adapter: tokenizer files, trainer state, logs, events, config.
+DISK_SLACK_BYTES = 64 * 2**20
+
+
+def checkpoint_bytes(config: RunConfig) -> int | None:
+    """Disk a run will fill: its checkpoints plus the final adapter, or None when the model is unknown.
+
+    Each checkpoint holds the trainable weights (fp32, 4 bytes each) and AdamW's two fp32
+    moments (8 bytes each); ``save_total_limit + 1`` exist at once, because the trainer writes a
+    new checkpoint before it deletes the oldest. The trainable parameters come from the memory
+    estimate (the LoRA adapter, and any task head trained fully). rlhf trains two models.
+    """
+    from core.errors import ModelForgeError
+    from core.memory import estimate_for_run, model_config_for
+
+    model_config = model_config_for(config.model, task=config.task)
+    if model_config is None:
+        return None
+    try:
+        trainable = estimate_for_run(config, model_config).trainable_params
+    except ModelForgeError:
+        return None
+    per_checkpoint = trainable * (4 + 8)
+    total = (config.save_total_limit + 1) * per_checkpoint + trainable * 4
+    if config.strategy == "rlhf":
+        total *= 2
+    return int(total) + DISK_SLACK_BYTES
+
+
+def run_parent_dir(config: RunConfig) -> Path:
+    """The folder a run's folder is created in (``output_dir``, or MODELFORGE_HOME/runs)."""
+    return Path(config.output_dir).expanduser() if config.output_dir else runs_dir()
+
+
+def disk_problems(config: RunConfig) -> list:
+    """Refuse a run whose checkpoints and model cannot fit on the disk of its run folder."""
+    from core.errors import Problem
+
+    needed = checkpoint_bytes(config)
+    if needed is None:
+        return []
+    where = run_parent_dir(config)
+    probe_at = where
+    while not probe_at.exists() and probe_at.parent != probe_at:
+        probe_at = probe_at.parent  # output_dir may not exist yet: measure the disk it will be on
+    try:
+        free = shutil.disk_usage(probe_at).free
+    except OSError:
+        return []
+    if needed <= free:
+        return []
+    gib = 2**30
+    return [Problem(f"this run writes about {needed / gib:.2f} GiB of checkpoints and model, but only "
+                    f"{free / gib:.2f} GiB is free on the disk of {where}",
+                    f"free disk space, lower save_total_limit (now {config.save_total_limit}), or set "
+                    "output_dir (or MODELFORGE_HOME) to a larger disk", field="output_dir")]
+
+
+def checkpoint_complete(path: str | Path) -> bool:
+    """A checkpoint folder the trainer finished writing (``trainer_state.json`` is written last)."""
+    return (Path(path) / "trainer_state.json").is_file()
+
+
+def _remove_incomplete_checkpoints(run_dir: Path) -> list[str]:
+    """Delete checkpoint folders a failed save left half-written (they cannot be resumed from)."""
+    removed = []
+    for p in (run_dir / "checkpoints").glob("checkpoint-*"):
+        if p.is_dir() and not checkpoint_complete(p):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def load_data(config: RunConfig, tokenizer: Any, data_kinds: tuple[str, ...]) -> tuple[list, list, Any]:
@@ -213,16 +288,19 @@ def run_training(
     resume_from: str | None = None,
 ) -> RunResult:
     """Train one prepared run to its end. Never raises: the result says how it ended."""
+    from core import distributed
     from core.callback import EventCallback
     from core.providers import registry as providers
     from core.strategies import registry as strategies
 
+    if distributed.wants_launch(config):  # num_processes > 1: accelerate runs this function once per device
+        return distributed.run_distributed(config, store, events, run_id, run_dir, stop_event, resume_from)
     stop_event = stop_event or threading.Event()
     _quiet_progress_bars()
     events.attach_file(run_dir / "events.jsonl")
     handler = _attach_log_file(run_dir)
     started = time.time()
-    store.update_run(run_id, status="running", started_at=_now(), pid=os.getpid())
+    store.mark_running(run_id, resumed=resume_from is not None)
     events.emit("started", name=config.name, config=config.to_dict())
     ctx: TrainContext | None = None
     try:
@@ -237,7 +315,7 @@ def run_training(
             config = strategy.adjust_config(config)
         provider = providers.get(config.provider)
         events.emit("log", message=f"loading model '{config.model}' with {provider.name}")
-        model, tokenizer = provider.load(config, for_training=True)
+        model, tokenizer = _load_model(provider, config)
         events.emit("log", message=f"validating {config.dataset}")
         train_rows, eval_rows, report = load_data(config, tokenizer, strategy.data_kinds)
         events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
@@ -248,6 +326,12 @@ def run_training(
                            dtype=_train_dtype(config, device), stop_event=stop_event, resume_from=resume_from)
         callback = EventCallback(events, store, run_id, stop_event)
         ctx.callbacks.append(callback)
+        ctx.callbacks.append(_nan_guard())
+        # The adapter's random initial weights come from the seed, not from whatever ran before in
+        # this process: a run is reproducible, and every process of a multi-process run starts alike.
+        from transformers import set_seed
+
+        set_seed(config.seed)
         metrics = strategy.train(ctx)
         if callback.nan_loss:
             raise TrainingError("the loss became NaN (not a number): training diverged",
@@ -260,7 +344,8 @@ def run_training(
         metrics = {k: v for k, v in metrics.items() if v is not None}
         metrics["train_runtime_s"] = round(time.time() - started, 2)
         store.add_metrics(run_id, callback.step, {f"final_{k}": v for k, v in metrics.items()})
-        model_id = _write_model(config, ctx, store, run_id, metrics)
+        # In a multi-process run only rank 0 writes the model card and record (the others return).
+        model_id = _write_model(config, ctx, store, run_id, metrics) if distributed.is_main_process() else None
         events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
                     model_id=model_id, model_dir=str(ctx.model_dir))
         return RunResult(run_id, "completed", str(run_dir), model_id=model_id, metrics=metrics)
@@ -270,9 +355,65 @@ def run_training(
     except Exception as exc:  # noqa: BLE001 - turn every fault into a failed run, with the traceback logged
         log.error("run %s crashed:\n%s", run_id, traceback.format_exc())
         message, hint = _explain(exc)
-        return _fail(store, events, run_id, run_dir, message, hint, exc, fault=True)
+        if _disk_full(exc):
+            removed = _remove_incomplete_checkpoints(run_dir)
+            if removed:
+                message += f"; the half-written {', '.join(sorted(removed))} was removed"
+        return _fail(store, events, run_id, run_dir, message, hint, exc, fault=not _environment_fault(exc))
     finally:
         _detach_log_file(handler)
+        ctx = None  # the model, optimizer and trainer go now, not at the next run: after an
+        _release_memory()  # out-of-memory failure the app must be able to train again
+
+
+def _load_model(provider: Any, config: RunConfig) -> tuple[Any, Any]:
+    """The provider's model and tokenizer; any failure to load becomes a ModelLoadError.
+
+    Providers translate the errors they expect (missing folder, offline hub); a corrupt
+    weights file or a config that transformers rejects surfaces as whatever the library raised.
+    """
+    from core.errors import ModelForgeError, ModelLoadError
+
+    try:
+        return provider.load(config, for_training=True)
+    except ModelForgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MemoryError and disk errors keep their own explanation
+        if isinstance(exc, MemoryError) or _is_oom(exc) or _disk_full(exc):
+            raise
+        log.error("loading %s failed:\n%s", config.model, traceback.format_exc())
+        text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"could not load model '{config.model}': {type(exc).__name__}: {text}",
+                             "the model's files may be incomplete or corrupt: download or build it again, "
+                             "or choose another model") from None
+
+
+def _nan_guard() -> Any:
+    """A callback that lets a NaN loss reach the logs, where EventCallback fails the run.
+
+    transformers' default ``logging_nan_inf_filter=True`` replaces a NaN/inf step loss with the
+    running mean before logging it: a diverged run would log finite (even zero) losses and
+    complete with a broken model. Turning the filter off here keeps the check in one place for
+    every strategy, whatever trainer config it builds.
+    """
+    from transformers import TrainerCallback
+
+    class NanGuard(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            args.logging_nan_inf_filter = False
+
+    return NanGuard()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
 
 
 def _quiet_progress_bars() -> None:
@@ -285,16 +426,49 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
+def _is_oom(exc: BaseException) -> bool:
+    """Out of memory on any device: torch.OutOfMemoryError (CUDA), MemoryError (CPU), MPS/XPU text."""
+    try:
+        import torch
+
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """No space left (ENOSPC) or over quota (EDQUOT), also when a library wrapped the OSError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        if "no space left on device" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _environment_fault(exc: BaseException) -> bool:
+    """Failures of the machine, not bugs: out of memory, disk full."""
+    return _is_oom(exc) or _disk_full(exc)
+
+
 def _explain(exc: Exception) -> tuple[str, str]:
-    """A user-facing message for an unexpected exception from the training stack."""
+    """A user-facing message (what happened) and hint (what to change) for an exception from training."""
     text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    low = text.lower()
-    if "out of memory" in low or isinstance(exc, MemoryError):
-        return (f"out of memory: {text}",
-                "use batch_size 1 with more gradient_accumulation_steps, a shorter max_length, "
-                "quantization 4bit or gradient_checkpointing")
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
-        return ("the disk is full", "free disk space or set MODELFORGE_HOME to a larger disk")
+    if _is_oom(exc):
+        return (f"out of memory while training ({text})",
+                "lower batch_size (raise gradient_accumulation_steps to keep the effective batch), "
+                "shorten max_length, turn on gradient_checkpointing, or use quantization 4bit; "
+                "the Hardware tab estimates what fits")
+    if _disk_full(exc):
+        where = getattr(exc, "filename", None)
+        return ("the disk is full" + (f" (writing {where})" if where else ""),
+                "free disk space, lower save_total_limit, or set output_dir (or MODELFORGE_HOME) to a "
+                "larger disk; then resume the run")
     return (f"{type(exc).__name__}: {text}", "see train.log in the run folder for the details")
 
 
@@ -332,8 +506,3 @@ def _write_model(config: RunConfig, ctx: TrainContext, store: RecordStore, run_i
     store.finish_run(run_id, "completed", model=record)
     return model_id
 
-
-def _now():
-    from core.records import utcnow
-
-    return utcnow()

@@ -5,7 +5,9 @@ Hardware tab and ``modelforge hardware`` always have something true to show. It 
 under a second) because it does not import torch or any training library: versions come from
 package metadata, the CUDA build of torch from ``torch/version.py`` read as text, NVIDIA GPUs
 from NVML (``pynvml``, imported inside the function). Only on macOS is torch imported, because
-MPS can only be asked through torch.
+MPS can only be asked through torch. One exception to "cheap": with unsloth installed beside a
+usable NVIDIA GPU, the first probe tries ``import unsloth`` in a child process (10-20 s, then
+cached per version set; see :func:`core.providers.unsloth.status`).
 
 :func:`best_dtype` turns a report into the training precision that ``precision: auto`` means.
 The memory estimate and the model advice built on this report live in :mod:`core.memory`.
@@ -27,8 +29,10 @@ from pathlib import Path
 GIB = 1024**3
 
 # Back-ends reported, with the distribution names to look up (first found wins). Optional
-# back-ends are never imported here: importing unsloth on a CPU machine fails, and importing
-# torch/transformers/gradio costs seconds.
+# back-ends are never imported here: importing unsloth patches transformers for the whole process
+# (and fails without its CUDA stack), and importing torch/transformers/gradio costs seconds.
+# unsloth's status comes from core.providers.unsloth.status, which tries the import in a child
+# process only when unsloth is installed beside a usable GPU, and caches the answer.
 BACKENDS: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "transformers": ("transformers",),
@@ -44,7 +48,6 @@ BACKENDS: dict[str, tuple[str, ...]] = {
 # Back-ends that only do anything on an NVIDIA GPU.
 _GPU_ONLY = {"unsloth", "flash_attn"}
 _INSTALL_HINT = {
-    "unsloth": "pip install 'modelforge[unsloth]' (NVIDIA GPUs only)",
     "flash_attn": "pip install flash-attn --no-build-isolation (NVIDIA GPUs only)",
 }
 
@@ -445,6 +448,14 @@ def _probe_backends(report: HardwareReport) -> None:
     for name, dists in BACKENDS.items():
         info = BackendInfo(name=name, version=_version(dists))
         report.backends.append(info)
+        if name == "unsloth":
+            # The provider's own answer (not installed / no supported GPU / CPU build of torch /
+            # the import error), so the Hardware tab, `modelforge info` and a refused run all give
+            # the same reason. Cheap unless unsloth is installed beside a usable GPU (see there).
+            from core.providers.unsloth import status
+
+            info.available, info.reason = status(gpus=report.gpus, gpu_reason=report.gpu_reason)
+            continue
         if info.version is None:
             info.reason = "not installed"
             if name in _INSTALL_HINT:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig
-from core.engine import RunResult, prepare_run, run_training
+from core.engine import RunResult, checkpoint_complete, prepare_run, run_training
 from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.events import TERMINAL, Event, EventLog, read_events
 from core.records import RecordStore
@@ -25,12 +25,26 @@ from core.records import RecordStore
 log = logging.getLogger("modelforge.jobs")
 
 
+# Finished runs whose events stay in memory (older ones are replayed from their events.jsonl):
+# an app that trains for weeks must not keep every event of every run.
+KEEP_FINISHED_LOGS = 16
+
+
 def last_checkpoint(run_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` folder of a run, or None."""
+    """The newest complete ``checkpoint-N`` folder of a run, or None.
+
+    A folder the trainer did not finish writing (the process was killed, or the disk filled up,
+    during a save) lacks ``trainer_state.json`` and is skipped: resuming from it would fail.
+    """
     ckpts = Path(run_dir) / "checkpoints"
     found = [(int(m.group(1)), p) for p in ckpts.glob("checkpoint-*")
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and checkpoint_complete(p)]
     return str(max(found)[1]) if found else None
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Two configs that would train the same thing (the name does not count)."""
+    return {k: v for k, v in a.items() if k != "name"} == {k: v for k, v in b.items() if k != "name"}
 
 
 @dataclass
@@ -56,6 +70,8 @@ class JobManager:
         self._results: dict[str, RunResult] = {}
         self._current: str | None = None
         self._waiting: list[str] = []
+        self._configs: dict[str, dict] = {}  # run id -> config, while queued or running
+        self._finished: list[str] = []       # run ids whose events are still in memory, oldest first
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
@@ -65,14 +81,22 @@ class JobManager:
 
         Raises:
             ConfigError: the config is invalid (nothing is recorded).
-            BusyError: a run is training and the queue is full.
+            BusyError: a run is training and the queue is full, or the same configuration is
+                already training or waiting (two browsers pressing Start at once, a double click).
         """
-        with self._lock:
+        with self._lock:  # check and enqueue as one step: concurrent submits cannot both pass
             if self._current and len(self._waiting) >= self.max_queue:
                 raise BusyError(
                     f"run {self._current} is training and {len(self._waiting)} more are waiting",
                     "wait for it to finish or stop it; one run trains at a time per device")
+            wanted = config.to_dict()
+            for rid, active in self._configs.items():
+                if _same_run(active, wanted):
+                    state = "training" if rid == self._current else "waiting to train"
+                    raise BusyError(f"this configuration is already {state} as run {rid}",
+                                    "watch it in the Train tab, or stop it first")
             config, run_id, run_dir = prepare_run(config, self.store)
+            self._configs[run_id] = wanted
             self._enqueue(_Job(config, run_id, run_dir))
         return run_id
 
@@ -96,12 +120,15 @@ class JobManager:
             if self._current and len(self._waiting) >= self.max_queue:
                 raise BusyError(f"run {self._current} is training", "wait for it to finish or stop it")
             self.store.update_run(run_id, status="queued", error=None, finished_at=None)
+            self._configs[run_id] = config.to_dict()
             self._enqueue(_Job(config, run_id, Path(run.output_dir), resume_from=ckpt))
         return run_id
 
     def _enqueue(self, job: _Job) -> None:
         events = EventLog(job.run_id)
         self._logs[job.run_id] = events
+        if job.run_id in self._finished:  # resumed: in memory again until it ends
+            self._finished.remove(job.run_id)
         self._stops[job.run_id] = threading.Event()
         position = len(self._waiting) + (1 if self._current else 0)
         events.emit("queued", message=("starting" if position == 0 else
@@ -124,10 +151,14 @@ class JobManager:
                 continue
             with self._lock:
                 self._waiting.remove(job.run_id)
-                stop = self._stops[job.run_id]
+                stop = self._stops.setdefault(job.run_id, threading.Event())
                 if stop.is_set():  # stopped while waiting
-                    self.store.finish_run(job.run_id, "cancelled", error="stopped before it started")
+                    try:
+                        self.store.finish_run(job.run_id, "cancelled", error="stopped before it started")
+                    except Exception:  # noqa: BLE001 - the worker must survive a database hiccup
+                        log.error("could not record the cancel of %s:\n%s", job.run_id, traceback.format_exc())
                     self._logs[job.run_id].emit("cancelled", message="stopped before it started")
+                    self._retire(job.run_id)
                     continue
                 self._current = job.run_id
             try:
@@ -139,6 +170,18 @@ class JobManager:
             finally:
                 with self._lock:
                     self._current = None
+                    if job.run_id not in self._waiting:  # not resumed again in the meantime
+                        self._retire(job.run_id)
+
+    def _retire(self, run_id: str) -> None:
+        """A run ended: forget its config and stop flag; keep its events for the last few runs."""
+        self._configs.pop(run_id, None)
+        self._stops.pop(run_id, None)
+        self._finished.append(run_id)
+        while len(self._finished) > KEEP_FINISHED_LOGS:
+            old = self._finished.pop(0)
+            self._logs.pop(old, None)
+            self._results.pop(old, None)
 
     # -- controlling --------------------------------------------------------------------------------
     def stop(self, run_id: str) -> bool:
@@ -156,6 +199,20 @@ class JobManager:
 
     def waiting(self) -> list[str]:
         return list(self._waiting)
+
+    def ahead(self, run_id: str) -> tuple[int, str | None]:
+        """(how many runs train before ``run_id`` on this device, the one training or next to).
+
+        ``(0, None)``: it is training, about to start, or not active. Read under the manager's
+        lock, so that right after :meth:`submit` it tells a queued run from a started one even
+        when another start happened at the same moment.
+        """
+        with self._lock:
+            if run_id not in self._waiting:
+                return 0, None
+            ahead = self._waiting.index(run_id) + (1 if self._current else 0)
+            first = self._current or self._waiting[0]
+            return ahead, (first if ahead else None)
 
     def events(self, run_id: str, since: int = 0) -> list[Event]:
         """Events of a run from index ``since``; replays the file for runs not in memory."""

@@ -6,11 +6,14 @@ Configure tab can warn before a download and ``modelforge models`` can advise of
 The estimate is the sum of six terms, each documented where it is computed:
 weights + adapters + gradients + optimizer + activations (logits included) + overhead.
 It aims to be a little pessimistic: a run that was promised to fit and then runs out of memory
-is worse than one that was told to shorten its sequences. Checked on a CPU against the torch
-profiler's peak of live tensors for random-init SmolLM2-135M with LoRA (bf16 and fp32, batch 2-4,
-256-512 tokens, with and without gradient checkpointing): the estimate was 5-45% above it. The
-process's resident memory ran 10-70% above the estimate, though (malloc keeps freed blocks,
-oneDNN keeps scratch buffers), so :func:`fits` adds 20% on a CPU. Not yet checked on a GPU.
+is worse than one that was told to shorten its sequences.
+
+The overhead depends on the device (``estimate(..., device=)``). On a CPU what runs out is the
+process's resident memory, so the estimate there is calibrated against the peak RSS of real runs
+(``benchmarks/memory_estimate.py``, table in ``docs/benchmarks_memory.md``): a fixed 0.65 GiB for
+Python + torch + transformers + trl + peft + the engine, plus 20% on top of the tensors for what
+the allocator keeps (malloc's freed blocks, oneDNN's scratch buffers). On CUDA the overhead is the
+context plus 10%; that part is not yet checked on a GPU (``benchmarks/gpu_check.py`` does).
 
 :func:`fits` compares an estimate with a :class:`~core.hardware.HardwareReport` and, when it does
 not fit, lists concrete fixes with the total each one brings. :func:`recommend` ranks the models
@@ -41,12 +44,20 @@ DTYPES = ("bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
-# A fixed cost before any tensor: the CUDA context and kernels (~0.3-0.5 GiB on a GPU) or the
-# Python + torch runtime (~0.3 GiB RSS on a CPU).
+DEVICES = ("cuda", "mps", "cpu")
+# A fixed cost before any tensor. GPU: the CUDA context and kernels (~0.3-0.5 GiB).
 RUNTIME_BYTES = int(0.3 * GIB)
+# CPU: the resident memory of the training process itself. Measured (docs/benchmarks_memory.md):
+# 0.56 GiB right after importing torch, transformers, trl, peft, datasets and the engine, and
+# ~0.70 GiB at the end of a run of a 1M-parameter model (the trainer, accelerate, tokenised data,
+# oneDNN's kernels and thread pools).
+CPU_RUNTIME_BYTES = int(0.65 * GIB)
 # Allocator fragmentation, temporary buffers (dequantised 4-bit weights, attention workspaces,
 # activation gradients of the layer being back-propagated): 10% on top of everything else.
 OVERHEAD_FRACTION = 0.10
+# On a CPU the resident memory runs higher still: glibc's malloc keeps freed blocks and oneDNN its
+# scratch buffers. 20% fits the measured peaks of 1M-100M models (LoRA, QLoRA, full, fp32/bf16).
+CPU_OVERHEAD_FRACTION = 0.20
 
 # Families whose blocks use a plain (non-gated) MLP, LayerNorm and biases everywhere. Anything
 # else is treated as a Llama-like decoder (gated MLP, RMSNorm, no biases): most new models are.
@@ -243,6 +254,12 @@ def _encoder_decoder(cfg: dict, mt: str) -> _Arch:
                  eager_attention=is_t5)
 
 
+def _checkpoint_bytes(model_config: dict) -> int:
+    """Bytes per weight in the saved checkpoint (config.json's dtype; 16-bit when it says none)."""
+    text = str(model_config.get("dtype") or model_config.get("torch_dtype") or "bfloat16")
+    return 4 if "32" in text else 2
+
+
 def param_count(model_config: dict) -> int:
     """Number of parameters of a model, from its config.json alone.
 
@@ -270,7 +287,8 @@ class MemoryEstimate:
         optimizer: AdamW's state for the trainable parameters.
         activations: tensors kept for the backward pass, logits included.
         logits: the part of ``activations`` that is the output logits and the loss's copies.
-        overhead: runtime constant plus a 10% margin for fragmentation and temporaries.
+        overhead: the runtime (CUDA context, or on a CPU the Python + torch process itself)
+            plus a margin for fragmentation and temporaries (10% on a GPU, 20% on a CPU).
         total: the sum of all of the above (``logits`` counted once, inside activations).
         params: parameters of the base model.
         trainable_params: parameters that receive gradients.
@@ -328,7 +346,9 @@ class MemoryEstimate:
                else "8-bit AdamW: two 1-byte states per trainable parameter"),
             f"  activations {gib(self.activations)}  kept for the backward pass, of which logits "
             f"{self.logits / GIB:.2f} GiB",
-            f"  overhead    {gib(self.overhead)}  runtime/CUDA context + 10% margin",
+            f"  overhead    {gib(self.overhead)}  "
+            + ("the Python + torch process + 20% allocator margin" if s.get("device") == "cpu"
+               else "runtime/CUDA context + 10% margin"),
         ]
         return lines
 
@@ -391,6 +411,7 @@ def estimate(
     dtype: str = "bf16",
     optimizer: str = "adamw",
     full_finetune: bool = False,
+    device: str = "cuda",
 ) -> MemoryEstimate:
     """Estimate the peak training memory of a model from its config.json.
 
@@ -403,9 +424,11 @@ def estimate(
         seq_len: tokens per example (``max_length``).
         gradient_checkpointing: recompute activations in the backward pass.
         dtype: compute precision, "bf16", "fp16" or "fp32" (resolve "auto" with
-            :func:`core.hardware.best_dtype` first).
+            :func:`train_dtype` first).
         optimizer: "adamw" or "adamw_8bit" (bitsandbytes).
         full_finetune: train every parameter instead of LoRA adapters.
+        device: "cuda", "mps" or "cpu": what the overhead is (see the module docstring). On a
+            CPU the total is what the process's resident memory peaks at.
 
     Returns:
         A :class:`MemoryEstimate` in bytes.
@@ -416,7 +439,8 @@ def estimate(
     """
     problems = []
     for name, value, choices in (("quantization", quantization, QUANTIZATIONS),
-                                 ("precision", dtype, DTYPES), ("optimizer", optimizer, OPTIMIZERS)):
+                                 ("precision", dtype, DTYPES), ("optimizer", optimizer, OPTIMIZERS),
+                                 ("device", device, DEVICES)):
         if value not in choices:
             problems.append(Problem(f"'{value}' is not one of: {', '.join(choices)}",
                                     "pick one of the listed values", field=name))
@@ -434,11 +458,11 @@ def estimate(
     params = arch.params
     cdt = _DTYPE_BYTES[dtype]
 
-    # Weights. A full fine-tune keeps fp32 master weights (mixed precision autocasts from them).
-    # Otherwise the base sits in the compute dtype, except that 4/8-bit loading quantises the
+    # Weights. The base sits in the compute dtype (the providers load it so, and a full fine-tune
+    # trains it in that dtype: no fp32 master copy), except that 4/8-bit loading quantises the
     # block linears only: embeddings, the output head, norms and biases stay in the compute dtype.
     if full_finetune:
-        weights = params * 4
+        weights = params * cdt
     elif quantization == "4bit":
         # NF4: 4 bits per weight + one fp32 absmax per 64-weight block (0.5 bit per weight;
         # transformers does not turn on double quantisation by default).
@@ -449,6 +473,11 @@ def estimate(
         weights = arch.linear_weights + rows * 4 + (params - arch.linear_weights) * cdt
     else:
         weights = params * cdt
+    if quantization != "none" and device == "cpu":
+        # Quantising on load leaves the checkpoint's pages of those linears resident on a CPU (the
+        # safetensors file stays mapped): measured +0.43 GiB of RSS for 0.28 GiB of fp32 linears
+        # of the 100M benchmark model. Clean file pages, but they count until the OS needs them.
+        weights += arch.linear_weights * _checkpoint_bytes(model_config)
 
     # LoRA adds r*(in+out) parameters per targeted linear (A is r x in, B is out x r); peft keeps
     # them in fp32 even on a 16-bit base, so that small updates are not rounded away.
@@ -456,11 +485,14 @@ def estimate(
     lora_params = sum(lin.count * lora_r * (lin.fan_in + lin.fan_out) for lin in targets)
     trainable = params if full_finetune else lora_params
     adapters = lora_params * 4
-    # One fp32 gradient per trainable parameter; the frozen base gets none.
-    gradients = trainable * 4
-    # AdamW keeps two states (first and second moment) per trainable parameter: 2 x 4 bytes in
-    # fp32, 2 x 1 byte with bitsandbytes' 8-bit AdamW (its block scales are negligible).
-    optimizer_bytes = trainable * (8 if optimizer == "adamw" else 2)
+    # One gradient per trainable parameter, in the parameter's dtype (fp32 for LoRA adapters, the
+    # compute dtype for a full fine-tune); the frozen base gets none.
+    pdt = cdt if full_finetune else 4
+    gradients = trainable * pdt
+    # AdamW keeps two states (first and second moment) per trainable parameter, in the
+    # parameter's dtype (torch's AdamW), or 2 x 1 byte with bitsandbytes' 8-bit AdamW (its block
+    # scales are negligible).
+    optimizer_bytes = trainable * (2 * pdt if optimizer == "adamw" else 2)
 
     # Activations: see _layer_activations; the formula is for 16-bit tensors, fp32 doubles it.
     scale = cdt / 2
@@ -490,13 +522,16 @@ def estimate(
     activations = int(layers) + logits
 
     subtotal = weights + adapters + gradients + optimizer_bytes + activations
-    overhead = RUNTIME_BYTES + int(subtotal * OVERHEAD_FRACTION)
+    if device == "cpu":
+        overhead = CPU_RUNTIME_BYTES + int(subtotal * CPU_OVERHEAD_FRACTION)
+    else:
+        overhead = RUNTIME_BYTES + int(subtotal * OVERHEAD_FRACTION)
     settings = {
         "quantization": quantization, "lora_r": lora_r,
         "lora_targets": lora_targets if isinstance(lora_targets, str) else ",".join(lora_targets),
         "batch_size": batch_size, "seq_len": seq_len,
         "gradient_checkpointing": bool(gradient_checkpointing), "dtype": dtype,
-        "optimizer": optimizer, "full_finetune": bool(full_finetune),
+        "optimizer": optimizer, "full_finetune": bool(full_finetune), "device": device,
     }
     return MemoryEstimate(
         weights=int(weights), adapters=int(adapters), gradients=int(gradients),
@@ -510,28 +545,46 @@ def estimate_for_run(config: "RunConfig", model_config: dict,
                      report: "HardwareReport | None" = None) -> MemoryEstimate:
     """:func:`estimate` with the values of a :class:`~core.config.RunConfig`.
 
-    ``precision: auto`` is resolved with :func:`core.hardware.best_dtype` (bf16 when no report is
-    given); strategy "qlora" implies a 4-bit base.
+    ``precision: auto`` is resolved as the engine resolves it (:func:`train_dtype`; bf16 when no
+    report is given); strategy "qlora" implies a 4-bit base. The device is the report's (CUDA when
+    no report is given).
 
     Args:
         config: the run configuration.
         model_config: the parsed config.json of ``config.model``.
-        report: the hardware report, to resolve ``precision: auto``.
+        report: the hardware report, to resolve ``precision: auto`` and the device.
 
     Raises:
         ConfigError: a value outside its choices.
         NotAvailableError: the model's config lacks the sizes needed.
     """
+    quant = "4bit" if config.strategy == "qlora" else config.quantization
     dtype = config.precision
     if dtype == "auto":
-        from core.hardware import best_dtype
-
-        dtype = best_dtype(report) if report is not None else "bf16"
-    quant = "4bit" if config.strategy == "qlora" else config.quantization
+        dtype = train_dtype(report, quant) if report is not None else "bf16"
+    device = report.device if report is not None else "cuda"
     return estimate(model_config, quantization=quant, lora_r=config.lora_r,
                     lora_targets=config.lora_target_modules, batch_size=config.batch_size,
                     seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing,
-                    dtype=dtype)
+                    dtype=dtype, device=device)
+
+
+def train_dtype(report: "HardwareReport", quantization: str = "none") -> str:
+    """What ``precision: auto`` trains in on this machine, as the engine decides it today.
+
+    Mirrors ``core.engine._train_dtype`` and ``core.providers.huggingface.pick_dtype`` (which
+    import torch; this must not): on a GPU :func:`core.hardware.best_dtype` (bf16, or fp16 on
+    older cards); on Apple MPS fp16; on a CPU fp32, whether or not the CPU has bf16, and always
+    fp32 for a quantised base on a CPU. Estimating a CPU run in bf16 when it trains in fp32 would
+    halve its weights and activations, and promise memory that is not there.
+    """
+    from core.hardware import best_dtype
+
+    if report.device == "cuda":
+        return best_dtype(report)
+    if report.device == "mps":
+        return "fp16"
+    return "fp32"
 
 
 # -- does it fit? ------------------------------------------------------------------------------------
@@ -541,7 +594,7 @@ class FitResult:
 
     Attributes:
         ok: fits (also True when the free memory could not be measured: see ``measured``).
-        needed_gib: the estimated peak (on a CPU x1.2 for the allocator's slack).
+        needed_gib: the estimated peak on the device (on a CPU: the resident memory).
         available_gib: usable memory on the device after the safety margin.
         device: "cuda", "mps" or "cpu".
         fixes: changes in order of effect, each applied on top of the previous ones and
@@ -587,13 +640,11 @@ def available_gib(report: "HardwareReport", device: str | None = None) -> float 
     return max(0.0, report.ram_available_gib - max(1.0, report.ram_total_gib * 0.10))
 
 
-# On a CPU the process's resident memory measured 1.1-1.7x the live-tensor peak (malloc keeps
-# freed blocks, oneDNN keeps scratch buffers); the CUDA caching allocator is tighter.
-_CPU_SLACK = 1.2
-
-
-def _slack(device: str) -> float:
-    return _CPU_SLACK if device == "cpu" else 1.0
+def _for_device(est: MemoryEstimate, device: str) -> MemoryEstimate:
+    """``est`` made again for ``device`` when it was made for another (the overhead differs)."""
+    if est.settings.get("device") == device or not est.model_config:
+        return est
+    return estimate(est.model_config, **{**est.settings, "device": device})
 
 
 def fits(estimate: MemoryEstimate, report: "HardwareReport", device: str | None = None) -> FitResult:
@@ -604,12 +655,13 @@ def fits(estimate: MemoryEstimate, report: "HardwareReport", device: str | None 
     bitsandbytes' CUDA or CPU support, the 8-bit optimizer needs CUDA and must save >= 0.1 GiB).
 
     Args:
-        estimate: from :func:`estimate`.
+        estimate: from :func:`estimate` (made again for ``device`` if it was made for another).
         report: from :func:`core.hardware.probe`.
         device: "cuda", "mps" or "cpu"; default ``report.device``.
     """
     device = device or report.device
-    needed = estimate.total / GIB * _slack(device)
+    estimate = _for_device(estimate, device)
+    needed = estimate.total / GIB
     avail = available_gib(report, device)
     if avail is None:
         return FitResult(True, round(needed, 2), 0.0, device, [],
@@ -618,22 +670,22 @@ def fits(estimate: MemoryEstimate, report: "HardwareReport", device: str | None 
     if needed <= avail:
         return FitResult(True, round(needed, 2), round(avail, 2), device, [],
                          f"Fits: needs about {needed:.1f} GiB of {avail:.1f} GiB usable on {device}.")
-    fixes = _fixes(estimate, avail, device)
+    fixes = _fixes(estimate, avail)
     return FitResult(False, round(needed, 2), round(avail, 2), device, fixes,
                      f"Does not fit: needs about {needed:.1f} GiB but only {avail:.1f} GiB is usable "
                      f"on {device}.")
 
 
-def _fixes(est: MemoryEstimate, avail: float, device: str) -> list[str]:
+def _fixes(est: MemoryEstimate, avail: float) -> list[str]:
     settings = dict(est.settings)
+    device = settings["device"]
     used: set[str] = set()
     fixes: list[str] = []
-    slack = _slack(device)
-    total = est.total / GIB * slack
+    total = est.total / GIB
     while total > avail:
         options = []
         for key, text, change in _candidate_fixes(est.model_config, settings, avail, device, used):
-            new = estimate(est.model_config, **{**settings, **change}).total / GIB * slack
+            new = estimate(est.model_config, **{**settings, **change}).total / GIB
             # A fix must save something worth the change; the 8-bit optimizer only matters for
             # full fine-tunes (LoRA's optimizer state is tiny), so ask it for 0.1 GiB.
             if total - new >= (0.1 if key == "optimizer" else 0.01):
@@ -663,8 +715,7 @@ def _candidate_fixes(model_config: dict, s: dict, avail: float, device: str, use
         floor = max(128, s["seq_len"] // 2)
         target = floor
         for n in (4096, 2048, 1536, 1024, 768, 512, 384, 256, 192, 128):
-            if floor <= n < s["seq_len"] and (estimate(model_config, **{**s, "seq_len": n}).total
-                                              / GIB * _slack(device) <= avail):
+            if floor <= n < s["seq_len"] and estimate(model_config, **{**s, "seq_len": n}).total / GIB <= avail:
                 target = n
                 break
         yield "length", f"shorten max_length to {target}", {"seq_len": target}
@@ -761,7 +812,7 @@ class Recommendation:
         method: "lora" (16-bit base) or "qlora" (4-bit base).
         batch_size / max_length / gradient_accumulation_steps / gradient_checkpointing:
             suggested settings (accumulation brings the effective batch to 8).
-        estimated_gib: estimated peak memory with them (on a CPU x1.2, as in :func:`fits`).
+        estimated_gib: estimated peak memory with them, on the device (see :func:`estimate`).
         available_gib: usable memory on the device.
         params: parameters of the model.
         comfortable: fits with at least 1,024 tokens per step.
@@ -821,8 +872,8 @@ def _best_fit(config: dict, device: str, limit: float, dtype: str, quant: str, c
               context: int) -> tuple[int, int, MemoryEstimate] | None:
     for batch, length in _grid(device, context):
         est = estimate(config, quantization=quant, batch_size=batch, seq_len=length, dtype=dtype,
-                       gradient_checkpointing=ckpt)
-        if est.total_gib * _slack(device) <= limit:
+                       gradient_checkpointing=ckpt, device=device)
+        if est.total_gib <= limit:
             return batch, length, est
     return None
 
@@ -849,11 +900,9 @@ def recommend(report: "HardwareReport", catalog: list[dict] | None = None,
     Raises:
         ModelForgeError: the bundled catalog cannot be read.
     """
-    from core.hardware import best_dtype
-
     entries = catalog if catalog is not None else load_catalog()
     device = report.device
-    dtype = best_dtype(report)
+    dtype = train_dtype(report)  # what the run will train in with precision: auto
     avail = available_gib(report, device)
     if avail is None:
         avail = 4.0  # unknown: assume a modest machine rather than recommending nothing
@@ -908,7 +957,7 @@ def _recommend_one(entry: dict, device: str, avail: float, dtype: str,
     rec = Recommendation(
         model_id=entry["id"], task=entry["task"], method=method, batch_size=batch,
         max_length=length, gradient_accumulation_steps=max(1, _EFFECTIVE_BATCH // batch),
-        gradient_checkpointing=ckpt, estimated_gib=round(est.total_gib * _slack(device), 2),
+        gradient_checkpointing=ckpt, estimated_gib=round(est.total_gib, 2),
         available_gib=round(avail, 2), params=params,
         comfortable=batch * length >= comfortable_tokens)
     rec.note = _note(entry, rec, device, dtype, report)
@@ -934,6 +983,8 @@ def _note(entry: dict, rec: Recommendation, device: str, dtype: str, report: "Ha
                     else "Very slow on a CPU, better on a GPU")
             parts.append(f"{lead}: {speed}.")
         parts.append(f"LoRA in {dtype} on the CPU, {size} of RAM.")
+        if dtype == "fp32" and report.cpu.bf16:
+            parts.append("This CPU has bf16: precision bf16 trains ~1.6x faster in less memory.")
     elif device == "mps":
         parts.append(f"LoRA in {dtype} on the Apple GPU (MPS), {size}; slower than an NVIDIA GPU.")
     elif rec.method == "qlora":

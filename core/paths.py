@@ -50,11 +50,19 @@ def database_url() -> str:
     return os.environ.get("MODELFORGE_DATABASE_URL") or f"sqlite:///{home() / 'modelforge.db'}"
 
 
-def inside_home(path: str | Path) -> Path:
+def inside_home(path: str | Path, min_depth: int = 0) -> Path:
     """Resolve ``path`` and make sure it lies inside the data folder.
 
+    Args:
+        path: the path to check (``~``, ``..`` and symlinks are resolved first).
+        min_depth: how many levels below the data folder it must be at least. Anything that
+            deletes passes 2, so that neither the data folder itself nor one of its main
+            folders (``runs``, ``exports``, ``uploads``, ``cache``) can be removed whole by a
+            record whose path or id is ``..``, empty or ``runs``.
+
     Raises:
-        ModelForgeError: if the path escapes the data folder (``..``, symlinks, absolute paths).
+        ModelForgeError: if the path escapes the data folder (``..``, symlinks, absolute paths),
+            or is not deep enough inside it.
     """
     root = home()
     resolved = Path(path).expanduser().resolve()
@@ -62,5 +70,10 @@ def inside_home(path: str | Path) -> Path:
         raise ModelForgeError(
             f"refusing to touch {resolved}: it is outside the ModelForge data folder {root}",
             "only files that ModelForge created under MODELFORGE_HOME can be deleted or exported",
+        )
+    if len(resolved.relative_to(root).parts) < min_depth:
+        raise ModelForgeError(
+            f"refusing to touch {resolved}: it is the ModelForge data folder or one of its main folders",
+            "the record points at the wrong place; remove the record only, or fix its path",
         )
     return resolved

@@ -135,7 +135,12 @@ def test_estimate_scales_the_way_it_should():
     assert estimate(SMOLLM_135M, lora_targets=["q_proj", "v_proj"]).trainable_params == few.trainable_params
     full = estimate(SMOLLM_135M, full_finetune=True)
     assert full.trainable_params == full.params and full.adapters == 0
-    assert full.gradients + full.optimizer == full.params * 12
+    # A full fine-tune trains the weights in the compute dtype (no fp32 master copy): bf16
+    # weights, bf16 gradients and two bf16 AdamW states; in fp32 all of them are 4 bytes.
+    assert full.weights == full.gradients == full.params * 2
+    assert full.gradients + full.optimizer == full.params * 6
+    full32 = estimate(SMOLLM_135M, full_finetune=True, dtype="fp32")
+    assert full32.weights == full32.params * 4 and full32.gradients + full32.optimizer == full32.params * 12
 
 
 def test_estimate_encoder_models():
@@ -159,6 +164,88 @@ def test_estimate_for_run():
     assert est.settings["quantization"] == "4bit"
     assert est.settings["dtype"] == "fp16"
     assert est.settings["batch_size"] == 2 and est.settings["seq_len"] == 256
+
+
+def test_cpu_estimate_is_the_process_resident_memory():
+    """On a CPU the overhead is the Python + torch process itself plus 20% (docs/benchmarks_memory.md)."""
+    from core.memory import CPU_OVERHEAD_FRACTION, CPU_RUNTIME_BYTES, OVERHEAD_FRACTION, RUNTIME_BYTES
+
+    gpu, cpu = estimate(SMOLLM_135M), estimate(SMOLLM_135M, device="cpu")
+    tensors = gpu.weights + gpu.adapters + gpu.gradients + gpu.optimizer + gpu.activations
+    assert cpu.total - cpu.overhead == gpu.total - gpu.overhead == tensors  # same tensors
+    assert gpu.overhead == RUNTIME_BYTES + int(tensors * OVERHEAD_FRACTION)
+    assert cpu.overhead == CPU_RUNTIME_BYTES + int(tensors * CPU_OVERHEAD_FRACTION)
+    assert cpu.settings["device"] == "cpu" and gpu.settings["device"] == "cuda"
+    assert any("Python + torch process" in line for line in cpu.breakdown_lines())
+    with pytest.raises(ConfigError) as err:
+        estimate(SMOLLM_135M, device="tpu")
+    assert err.value.problems[0].field == "device"
+
+
+def test_estimate_for_run_resolves_auto_as_the_engine_trains():
+    # On a CPU the engine trains precision auto in fp32 (core.providers.huggingface.pick_dtype),
+    # bf16 CPU or not; estimating bf16 would halve the weights and activations.
+    cfg = RunConfig(batch_size=2, max_length=256, precision="auto")
+    est = estimate_for_run(cfg, SMOLLM_135M, cpu_report())
+    assert est.settings["dtype"] == "fp32" and est.settings["device"] == "cpu"
+    assert est.weights == est.params * 4
+    assert estimate_for_run(cfg.replace(precision="bf16"), SMOLLM_135M, cpu_report()).settings["dtype"] == "bf16"
+    assert estimate_for_run(cfg, SMOLLM_135M, gpu_report(8)).settings["dtype"] == "bf16"
+    assert estimate_for_run(cfg, SMOLLM_135M).settings["device"] == "cuda"  # no report: a GPU, bf16
+
+
+def test_fits_judges_an_estimate_for_the_device_it_is_asked_about():
+    gpu_est = estimate(SMOLLM_135M, batch_size=2, seq_len=256)
+    cpu_est = estimate(SMOLLM_135M, batch_size=2, seq_len=256, device="cpu")
+    on_cpu = fits(gpu_est, cpu_report())
+    assert on_cpu.needed_gib == pytest.approx(cpu_est.total / GIB, abs=0.01)
+    assert fits(cpu_est, gpu_report(8)).needed_gib == pytest.approx(gpu_est.total / GIB, abs=0.01)
+    # Fixes on a CPU are estimated for the CPU too, and end where the run fits.
+    tight = fits(estimate(SMOLLM_135M, batch_size=8, seq_len=1024, device="cpu"), cpu_report(total=8, available=4))
+    assert not tight.ok
+    totals = [float(f.rsplit("estimated total ", 1)[1].split(" GiB")[0]) for f in tight.fixes if "estimated total" in f]
+    assert totals and totals[-1] <= tight.available_gib
+
+
+# Peak resident memory measured by benchmarks/memory_estimate.py on the project's 2-core CPU machine
+# (docs/benchmarks_memory.md): (model, method, precision, batch, max_length, checkpointing, GiB).
+MEASURED_CPU = [
+    ("tiny-0.7M", "lora", "fp32", 4, 256, False, 0.715),
+    ("tiny-0.7M", "qlora", "fp32", 4, 256, False, 0.717),
+    ("small-5M", "lora", "bf16", 4, 256, False, 0.854),
+    ("medium-27M", "qlora", "fp32", 4, 256, False, 1.329),
+    ("medium-27M", "full", "fp32", 4, 256, False, 1.495),
+    ("medium-27M", "lora", "fp32", 8, 512, False, 3.359),
+    ("medium-27M", "lora", "fp32", 8, 512, True, 2.158),
+    ("base-100M", "lora", "fp32", 4, 256, False, 3.012),
+    ("base-100M", "lora", "bf16", 4, 256, False, 2.151),
+    ("base-100M", "qlora", "fp32", 4, 256, False, 2.499),
+    ("base-100M", "full", "bf16", 2, 256, False, 1.735),
+    ("base-100M", "lora", "fp32", 4, 512, True, 2.748),
+]
+
+
+@pytest.mark.parametrize("model, method, precision, batch, length, ckpt, measured", MEASURED_CPU)
+def test_cpu_estimate_is_within_25_percent_of_the_measured_peak(model, method, precision, batch, length, ckpt,
+                                                                 measured):
+    from benchmarks.memory_estimate import Case, model_config
+
+    case = Case(model, method, precision, batch_size=batch, max_length=length, gradient_checkpointing=ckpt)
+    est = estimate(model_config(model), device="cpu", **case.estimate_kwargs())
+    assert abs(est.total / GIB - measured) / measured <= 0.25, (est.total / GIB, measured)
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_one_configuration():
+    """The benchmark's own plumbing: build, train in a child process through the engine, compare."""
+    from benchmarks.memory_estimate import Case, markdown, run
+
+    [result] = run([Case("tiny-0.7M", "lora", batch_size=1, max_length=32)], "cpu", 0.25, log=lambda _: None)
+    assert result.status in ("ok", "outside"), result.detail
+    assert 0.3 < result.measured_gib < 3 and 0.3 < result.baseline_gib <= result.measured_gib
+    assert abs(result.error) <= 0.25
+    text = markdown([result], "cpu", 0.25, 10.0, quick=True)
+    assert "| tiny-0.7M |" in text and "worst error" in text
 
 
 # -- fits ----------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from core.records import ModelRecord, RecordStore, utcnow
+from core.records import SCHEMA_VERSION, ModelRecord, RecordStore, utcnow
 
 
 def _model(run_id: str) -> ModelRecord:
@@ -58,7 +58,7 @@ def test_a_live_run_is_left_alone(tmp_path):
 def test_sqlite_uses_wal_and_schema_version(store):
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    assert store.schema_version() == 1
+    assert store.schema_version() == SCHEMA_VERSION
 
 
 def test_get_model_by_name_and_delete(store):

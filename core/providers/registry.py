@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from core.errors import NotAvailableError
+from core.errors import NotAvailableError, Problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.config import RunConfig
@@ -28,6 +28,10 @@ class Provider(Protocol):
         Raises:
             ModelLoadError: the model cannot be found or loaded (OfflineError without network).
         """
+
+    # Optional, for providers that cannot run every configuration or must import first:
+    #   problems(config) -> list[Problem]: what it cannot do for ``config`` (see problems()).
+    #   prepare() -> None: import the back-end before transformers is imported (unsloth).
 
 
 _REGISTRY: dict[str, Callable[[], Provider]] = {}
@@ -52,6 +56,18 @@ def get(name: str) -> Provider:
         raise NotAvailableError(f"provider '{name}' is not available here: {why}",
                                 "use provider 'huggingface' (see `modelforge info`)")
     return provider
+
+
+def problems(config: "RunConfig") -> list[Problem]:
+    """What the chosen provider cannot do for ``config`` (a task, strategy or quantisation it does
+    not support), as Problems for the pre-flight check. Availability itself is not checked here:
+    :func:`get` says why a provider cannot run at all."""
+    _load_builtin()
+    factory = _REGISTRY.get(config.provider)
+    if factory is None:
+        return []  # already reported by the choices check
+    check = getattr(factory(), "problems", None)
+    return list(check(config)) if check else []
 
 
 _loaded = False

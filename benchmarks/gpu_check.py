@@ -1,0 +1,385 @@
+"""The GPU check: what can only be measured on an NVIDIA GPU, in a few minutes, with no network.
+
+    python3 benchmarks/gpu_check.py --wheels tmp/gpu-wheels --out results/   # on the GPU machine
+    python benchmarks/gpu_check.py --dry-run                        # here: the plumbing, on the CPU
+
+On one randomly initialised Llama of Llama-3.2-1B's shape (1.24B parameters, built from a config:
+nothing can be downloaded there) it trains a few SFT steps in a fresh process per leg, through
+ModelForge's own providers (``core.providers``) and trl's SFTTrainer as ``core/strategies/sft.py``
+uses it:
+
+  - ``hf-lora``       the huggingface provider, LoRA on a bf16 base
+  - ``unsloth-lora``  the unsloth provider (unsloth imported first, its LoRA), same settings
+  - ``hf-qlora``      QLoRA: bitsandbytes NF4 base on CUDA, LoRA on top
+  - ``unsloth-qlora`` the same through unsloth
+
+and reports, per leg, tokens/s (timed steps after warm-up), ``torch.cuda.max_memory_allocated``
+and ``max_memory_reserved``, and ``core.memory.estimate(..., device="cuda")`` with its error
+against the allocated peak; then the unsloth/huggingface ratios of speed and memory.
+
+Missing packages (the lent GPU machines have torch, transformers, accelerate, but not trl,
+datasets, bitsandbytes or unsloth) are installed from ``--wheels`` (made beforehand, where PyPI is
+reachable, by ``benchmarks/prepare_gpu_wheels.sh``) into a private folder (``--site``) put on the
+path of every leg. A leg whose packages are missing says so and is skipped; the others still run.
+
+At most 64 MiB travel to a lent GPU machine per call, and unsloth's wheels (~40 MiB) and
+bitsandbytes' (~44 MiB) do not fit together. Where bitsandbytes is not already installed there,
+install the two sets in two calls on the same warm machine into one ``--site`` inside the repo's
+ignored tmp/ (kept between calls while the machine stays warm, 30 s):
+
+    # here, once (tmp/ is git-ignored; each set travels by naming it in the call's carry):
+    bash benchmarks/prepare_gpu_wheels.sh                                # tmp/gpu-wheels: trl, datasets, peft, unsloth...
+    WITH_BNB=1 bash benchmarks/prepare_gpu_wheels.sh tmp/gpu-wheels-bnb  # trl, datasets, peft, bitsandbytes
+    # GPU call 1, carry tmp/gpu-wheels:
+    python3 benchmarks/gpu_check.py --wheels tmp/gpu-wheels --site tmp/gpu-site --install-only
+    # GPU call 2 within 30 s, carry tmp/gpu-wheels-bnb (the site from call 1 is still there):
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --wheels tmp/gpu-wheels-bnb --site tmp/gpu-site --out $OUT
+
+With one call only, the unsloth set gives the LoRA legs (and the provider comparison); the QLoRA
+legs are then skipped, saying that bitsandbytes is not installed.
+
+``--dry-run`` runs the same code on the CPU with the 1M-parameter tiny model, fp32, 2 steps: the
+unsloth legs then need ``MODELFORGE_UNSLOTH_CPU=1`` and the extra installed, else they are
+skipped with the provider's reason. Exit status: 0 when every leg that ran completed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GIB = 1024**3
+# Llama-3.2-1B's shape (config.json of meta-llama/Llama-3.2-1B), random weights.
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-5)
+# The demo model's shape: what --dry-run trains on the CPU.
+TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True, max_position_embeddings=2048)
+
+LEGS = {
+    "hf-lora": ("huggingface", "none"),
+    "unsloth-lora": ("unsloth", "none"),
+    "hf-qlora": ("huggingface", "4bit"),
+    "unsloth-qlora": ("unsloth", "4bit"),
+}
+# What each leg imports beyond torch/transformers, and so needs installed.
+NEEDS = {"huggingface": ["trl", "datasets", "peft"], "unsloth": ["trl", "datasets", "peft", "unsloth"]}
+
+
+# -- packages ------------------------------------------------------------------------------------------
+def install_wheels(wheels: Path | None, site: Path) -> list[str]:
+    """Install the wheels in ``wheels`` into ``site`` (no index, no dependencies): the lines to report."""
+    if wheels is None or not wheels.is_dir() or not list(wheels.glob("*.whl")):
+        return [f"no wheels to install ({wheels or 'no --wheels'}): using what is installed"]
+    files = sorted(str(w) for w in wheels.glob("*.whl"))
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                          "--no-cache-dir", "--upgrade", "--target", str(site), *files],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return [f"pip install from {wheels} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"]
+    return [f"installed {len(files)} wheels from {wheels} into {site}"]
+
+
+def missing(modules: list[str], env: dict) -> list[str]:
+    code = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    out = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, env=env, cwd=ROOT)
+    return out.stdout.split()
+
+
+def versions(env: dict) -> dict:
+    code = ("import importlib.metadata as md, json\nout = {}\n"
+            "for d in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'accelerate', 'bitsandbytes', 'unsloth',"
+            " 'unsloth_zoo', 'xformers', 'triton'):\n"
+            "    try: out[d] = md.version(d)\n    except md.PackageNotFoundError: out[d] = None\n"
+            "print(json.dumps(out))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+# -- the model ------------------------------------------------------------------------------------------
+def build_model(shape: dict, folder: Path, dtype: str) -> None:
+    """A random Llama of ``shape`` saved with the demo model's tokenizer (its ids fit the vocab)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.demo_model import build_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(folder)
+    config = LlamaConfig(**shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config)
+    model.to({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]).save_pretrained(folder, safe_serialization=True)
+
+
+def write_rows(path: Path, rows: int, words: int) -> None:
+    import random
+
+    rng = random.Random(0)
+    vocab = "forge iron anvil hammer tongs quench temper steel bellows coal spark blade ingot alloy".split()
+    path.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(vocab) for _ in range(words))})
+                              for _ in range(rows)) + "\n")
+
+
+# -- one leg, in its own process ------------------------------------------------------------------------
+def leg(spec: dict) -> dict:
+    """Train ``steps`` SFT steps with one provider; time the steps after ``warmup``; peak memory."""
+    provider_name, quant = LEGS[spec["leg"]]
+    from core.providers import registry
+
+    provider = registry.get(provider_name)          # NotAvailableError: the provider's reason
+    if hasattr(provider, "prepare"):
+        provider.prepare()                          # unsloth before transformers/trl/peft
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from core.config import RunConfig
+    from core.strategies.common import lora_config
+
+    cuda = torch.cuda.is_available()
+    config = RunConfig(model=spec["model_dir"], dataset="rows.jsonl", provider=provider_name,
+                       quantization=quant, precision=spec["precision"], batch_size=spec["batch_size"],
+                       max_length=spec["max_length"], lora_r=16, lora_alpha=16, lora_dropout=0.0,
+                       lora_target_modules="all-linear", gradient_checkpointing=spec["gradient_checkpointing"],
+                       max_steps=spec["steps"], learning_rate=1e-4, seed=0)
+    model, tokenizer = provider.load(config, for_training=True)
+    rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()]
+    timings: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - self.t)
+
+    bf16 = spec["precision"] == "bf16"
+    args = SFTConfig(output_dir=spec["work"], max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
+                     gradient_accumulation_steps=1, learning_rate=1e-4, logging_steps=1, save_strategy="no",
+                     report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0,
+                     gradient_checkpointing=spec["gradient_checkpointing"], bf16=bf16 and cuda, fp16=False,
+                     use_cpu=not cuda, max_length=spec["max_length"], packing=False, dataset_num_proc=None)
+    peft = None if getattr(model, "_modelforge_peft_applied", False) else lora_config(config)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft, callbacks=[Timer()])
+    trainer.train()
+    timed = timings[spec["warmup"]:] or timings
+    tokens = spec["batch_size"] * spec["max_length"]
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    out = {"status": "ok", "tokens_per_s": tokens * len(timed) / sum(timed), "step_s": sum(timed) / len(timed),
+           "steps": len(timings), "first_loss": losses[0] if losses else None,
+           "last_loss": losses[-1] if losses else None, "trainable_params": trainable,
+           "four_bit": any(type(m).__name__ == "Linear4bit" for m in trainer.model.modules())}
+    if cuda:
+        out["max_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+        out["max_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+        out["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        import resource
+
+        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    return out
+
+
+def run_leg(name: str, spec: dict, env: dict, timeout: int) -> dict:
+    result_file = Path(spec["work"]) / f"{name}.json"
+    spec = {**spec, "leg": name}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--leg", json.dumps(spec), "--leg-out", str(result_file)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+        tail = (proc.stderr.strip().splitlines() or [""])[-1]
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "detail": f"did not finish in {timeout} s"}
+    try:
+        got = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        got = {"status": "failed", "detail": f"exit {proc.returncode}: {tail[:300]}"}
+    got["wall_s"] = round(time.perf_counter() - start, 1)
+    return got
+
+
+# -- the check ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wheels", type=Path, default=ROOT / "tmp" / "gpu-wheels",
+                        help="folder of wheels to install first (benchmarks/prepare_gpu_wheels.sh)")
+    parser.add_argument("--site", type=Path, default=None,
+                        help="folder to install the wheels into and run with (default: a temporary one)")
+    parser.add_argument("--install-only", action="store_true", help="install the wheels into --site, then stop")
+    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--only", default=",".join(LEGS), help=f"legs to run, of: {', '.join(LEGS)}")
+    parser.add_argument("--dry-run", action="store_true", help="the tiny model on the CPU: checks the plumbing")
+    parser.add_argument("--steps", type=int, default=None, help="steps per leg (default 12 on a GPU, 2 dry)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per leg")
+    parser.add_argument("--leg", help=argparse.SUPPRESS)
+    parser.add_argument("--leg-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.leg:
+        try:
+            out = leg(json.loads(args.leg))
+        except Exception as exc:  # noqa: BLE001 - a leg that cannot run says why; the others go on
+            from core.errors import NotAvailableError
+
+            status = "skipped" if isinstance(exc, NotAvailableError) else "failed"
+            out = {"status": status, "detail": f"{type(exc).__name__}: {str(exc).splitlines()[0][:400] if str(exc) else ''}"}
+        Path(args.leg_out).write_text(json.dumps(out))
+        return 0
+
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="mf-gpucheck-"))
+    site = (args.site if args.site.is_absolute() else ROOT / args.site) if args.site else work / "site"
+    notes = install_wheels(args.wheels, site)
+    if args.install_only:
+        print("\n".join(notes))
+        shutil.rmtree(work, ignore_errors=True)
+        return 0 if notes and notes[0].startswith("installed") else 1
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore", "MODELFORGE_HOME": str(work / "home"),
+           "TRL_EXPERIMENTAL_SILENCE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import torch, json; print(json.dumps([torch.cuda.is_available(),"
+                            " torch.cuda.get_device_name(0) if torch.cuda.is_available() else '']))"],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+    cuda, gpu_name = json.loads(probe.stdout) if probe.returncode == 0 else (False, "")
+    if not cuda and not args.dry_run:
+        print("no CUDA GPU visible to torch: run with --dry-run to check the plumbing on the CPU", file=sys.stderr)
+        return 2
+    dry = args.dry_run or not cuda
+    shape = TINY if dry else LLAMA_1B
+    precision = "fp32" if dry else "bf16"
+    spec = {"precision": precision, "steps": args.steps or (2 if dry else 12), "warmup": 0 if dry else 3,
+            "batch_size": args.batch_size or (2 if dry else 4), "max_length": args.max_length or (64 if dry else 512),
+            "gradient_checkpointing": args.gradient_checkpointing, "work": str(work),
+            "model_dir": str(work / "model"), "data": str(work / "rows.jsonl")}
+    write_rows(Path(spec["data"]), rows=spec["batch_size"] * spec["steps"] + 4, words=spec["max_length"] * 2)
+    build = subprocess.run([sys.executable, __file__, "--build", json.dumps({"shape": shape, "dir": spec["model_dir"],
+                            "dtype": precision})], capture_output=True, text=True, env=env, cwd=ROOT)
+    if build.returncode != 0:
+        print(f"could not build the model: {(build.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
+        return 1
+    report = {"dry_run": dry, "gpu": gpu_name, "python": platform.python_version(), "versions": versions(env),
+              "model": {"shape": shape, "params": None}, "settings": {k: spec[k] for k in (
+                  "precision", "steps", "warmup", "batch_size", "max_length", "gradient_checkpointing")},
+              "notes": notes, "legs": {}}
+    from core.memory import estimate, param_count
+
+    model_config = {"model_type": "llama", **shape}
+    report["model"]["params"] = param_count(model_config)
+    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        provider, quant = LEGS[name]
+        lack = missing(NEEDS[provider] + (["bitsandbytes"] if quant == "4bit" else []), env)
+        if lack:
+            got = {"status": "skipped", "detail": f"not installed here: {', '.join(lack)} (see prepare_gpu_wheels.sh)"}
+        else:
+            got = run_leg(name, spec, env, args.timeout)
+        est = estimate(model_config, quantization=quant, lora_r=16, lora_targets="all-linear",
+                       batch_size=spec["batch_size"], seq_len=spec["max_length"],
+                       gradient_checkpointing=spec["gradient_checkpointing"], dtype=precision,
+                       device="cpu" if dry else "cuda")
+        got["estimate_gib"] = est.total / GIB
+        measured = got.get("peak_rss_gib" if dry else "max_allocated_gib")
+        if measured:
+            got["estimate_error"] = (got["estimate_gib"] - measured) / measured
+        report["legs"][name] = got
+        save(report, args.out, start)  # after every leg: a run cut short still leaves its results
+        print(f"{name:<14} {got['status']:<8} " + (
+            f"{got['tokens_per_s']:9.0f} tok/s  peak {measured:6.2f} GiB  estimate {got['estimate_gib']:6.2f} GiB"
+            f" ({got.get('estimate_error', 0):+.0%})" if got["status"] == "ok" else got.get("detail", "")),
+            file=sys.stderr, flush=True)
+    print(save(report, args.out, start))
+    shutil.rmtree(work, ignore_errors=True)
+    return 1 if any(g["status"] == "failed" for g in report["legs"].values()) else 0
+
+
+def save(report: dict, out: Path | None, start: float) -> str:
+    """Fill in the ratios and wall time; write gpu_check.json and .md to ``out``; the Markdown."""
+    report["ratios"] = ratios(report["legs"], report["dry_run"])
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    text = markdown(report)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        (out / "gpu_check.md").write_text(text)
+    return text
+
+
+def ratios(legs: dict, dry: bool) -> dict:
+    key = "peak_rss_gib" if dry else "max_allocated_gib"
+    out = {}
+    for kind in ("lora", "qlora"):
+        hf, us = legs.get(f"hf-{kind}", {}), legs.get(f"unsloth-{kind}", {})
+        if hf.get("status") == "ok" and us.get("status") == "ok":
+            out[kind] = {"speed_unsloth_over_hf": us["tokens_per_s"] / hf["tokens_per_s"],
+                         "memory_unsloth_over_hf": us[key] / hf[key]}
+    return out
+
+
+def markdown(report: dict) -> str:
+    dry = report["dry_run"]
+    s = report["settings"]
+    peak = "peak RSS" if dry else "max allocated"
+    lines = [
+        f"# GPU check{' (dry run on the CPU)' if dry else ''}: {report['gpu'] or 'CPU'}",
+        "",
+        f"Random Llama, {report['model']['params'] / 1e6:,.0f}M parameters, {s['precision']}, batch {s['batch_size']} x "
+        f"{s['max_length']} tokens, LoRA r=16 on all linear layers, {s['steps']} steps ({s['warmup']} warm-up), "
+        f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}. Python {report['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".",
+        "",
+        f"| leg | status | tokens/s | {peak} GiB | reserved GiB | estimate GiB | error | loss first -> last | 4-bit |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, g in report["legs"].items():
+        if g["status"] != "ok":
+            lines.append(f"| {name} | {g['status']}: {g.get('detail', '')} | | | | {g['estimate_gib']:.2f} | | | |")
+            continue
+        measured = g.get("peak_rss_gib" if dry else "max_allocated_gib")
+        lines.append(f"| {name} | ok | {g['tokens_per_s']:,.0f} | {measured:.2f} | {g.get('max_reserved_gib', 0):.2f} | "
+                     f"{g['estimate_gib']:.2f} | {g.get('estimate_error', 0):+.0%} | "
+                     f"{g['first_loss']:.3f} -> {g['last_loss']:.3f} | {'yes' if g['four_bit'] else 'no'} |")
+    lines.append("")
+    for kind, r in report["ratios"].items():
+        lines.append(f"- {kind}: unsloth / huggingface speed **{r['speed_unsloth_over_hf']:.2f}x**, "
+                     f"memory **{r['memory_unsloth_over_hf']:.2f}x**")
+    if not dry:
+        lines.append("- estimate error is against max allocated; the estimate also counts ~0.3 GiB of CUDA "
+                     "context, which the allocator does not see")
+    lines += [f"- {n}" for n in report["notes"]] + [f"- wall time {report['wall_s']:.0f} s", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--build":
+        spec = json.loads(sys.argv[2])
+        build_model(spec["shape"], Path(spec["dir"]), spec["dtype"])
+        sys.exit(0)
+    sys.exit(main())
