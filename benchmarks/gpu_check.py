@@ -46,7 +46,6 @@ skipped with the provider's reason. Exit status: 0 when every leg that ran compl
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
