@@ -76,6 +76,8 @@ def load_model(path_or_base: str, *, base_only: bool = False, trust_remote_code:
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code),
                                       chat=kind == "causal")
         extra = {"num_labels": 1} if kind == "reward" else {}
+        if not trust_remote_code:
+            extra["use_safetensors"] = True  # never unpickle weights unless the user trusts the model
         model = auto_class(kind).from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
         if is_adapter and not base_only:
             from peft import PeftModel
