@@ -218,8 +218,10 @@ def build_model(out_dir: Path, tokenizer_from: str = "16k", shape: dict | None =
     if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
         return out_dir
     import torch
+    import transformers
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()
     tmp = out_dir.with_name(out_dir.name + ".building")
     tmp.mkdir(parents=True, exist_ok=True)
     if tokenizer_from == "demo":
@@ -239,7 +241,8 @@ def build_model(out_dir: Path, tokenizer_from: str = "16k", shape: dict | None =
                                                do_sample=False)
     model.save_pretrained(tmp)
     (tmp / "params.txt").write_text(str(sum(p.numel() for p in model.parameters())))
-    tmp.replace(out_dir) if not out_dir.exists() else None
+    if not out_dir.exists():
+        tmp.replace(out_dir)
     return out_dir
 
 

@@ -298,6 +298,18 @@ def run(mode: str, work: Path) -> dict:
     if size["precision_reps"]:
         out["precision"] = _precision(size, work)
         out["figures"] += out["precision"]["figures"]
+        rows = out["precision"]["rows"]
+        fastest = {label: max((k.split(": ", 1)[1] for k in rows if k.startswith(label + ":")),
+                              key=lambda n: rows[f"{label}: {n}"]["speed_vs_fp32"]) for label in ("demo", "29M")}
+        auto = "fp32" if res["weights"] == "fp32" and res["trainer_dtype"] == "fp32" else \
+            f"{res['weights']} weights, {res['trainer_dtype']} trainer"
+        agree = all((f == "fp32") == (auto == "fp32") for f in fastest.values())
+        out["figures"].append(figure("precision 'auto' on this CPU trains in", auto, target="the faster correct one",
+                                     met=agree, note="fastest measured: " + "; ".join(
+                                         f"{k} model {v}" for k, v in fastest.items())))
+        out["table"] = [{"model and precision": k, "tokens/s vs fp32": rnd(v["speed_vs_fp32"]),
+                         "final loss vs fp32": f"{v['loss_rel_diff']:.2%}", "tokens/s": rnd(v["tokens_per_s"], 1)}
+                        for k, v in rows.items()]
     return out
 
 
