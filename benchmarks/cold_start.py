@@ -168,12 +168,16 @@ def run(mode: str, work: Path) -> dict:
                           met=not heavy, target="none of " + ", ".join(HEAVY),
                           note="python -X importtime on `python -m app.main ui`" + ("" if browser_ok else
                                                                                      " (no page opened)")))
-    limits = (f"Gradio's own import and start: the bare Gradio app measured in the same run took {bare_http:.1f} s "
-              f"to answer HTTP (ModelForge {mf_http:.1f} s); what ModelForge adds is building its Blocks (six "
-              "tabs, about 200 components) and the record store (sqlmodel). No torch, transformers or trl is "
-              "imported before the page is up (python -X importtime), so the remaining cost is Gradio's and the "
-              "machine's: with other jobs on the 2 cores, imports take 2-3x their idle time (STACK.md measured "
-              "Gradio's import at 2.6 s on an idle machine).")
+    render = {k: median(t["render_s"] for t in v) for k, v in times.items() if v and "render_s" in v[0]}
+    limits = (f"Gradio itself: the bare Gradio app (one Markdown) took {bare_http:.1f} s to answer HTTP and "
+              f"{render.get('bare', float('nan')):.1f} s to render in the same run; ModelForge took {mf_http:.1f} s "
+              f"and {render.get('modelforge', float('nan')):.1f} s. Its page is heavier (six tabs, about 280 "
+              "components and 60 event handlers, a 250 KB config the browser must load and render), and it builds "
+              "those Blocks and opens the record store (sqlmodel) before serving. Nothing heavy is on the path: "
+              "python -X importtime shows no torch, transformers or trl until the page has rendered, and app/ and "
+              "components/ import only Gradio and light core modules at import time, so there was no import to "
+              "move. What is left is Gradio's import (about 2.5 s here) and its front end, and, on a shared "
+              "machine, other jobs (imports take 2-3x longer under load).")
     return {"name": "cold_start", "title": "Cold start: process start to health and first render", "limits": limits,
             "setup": {"command": "python -m app.main ui --port PORT", "pairs": size["reps"],
                       "browser": "headless Chromium, fresh context per start" if browser_ok else "none"},

@@ -330,7 +330,7 @@ def _precision(size: dict, work: Path) -> dict:
                                         "tokens_per_s": median(r["tokens_per_s"] for r in runs)}
             if name != "fp32":
                 figures.append(figure(f"{label} model, {name}: tokens/s vs fp32", rnd(median(ratios)),
-                                      note=f"final loss differs from fp32 by {median(dloss):.1%}"
+                                      note=f"final loss differs from fp32 by {median(dloss):.3%}"
                                       if not math.isnan(median(dloss)) else ""))
     return {"rows": rows, "figures": figures}
 

@@ -7,7 +7,8 @@
 Writes ``benchmarks/results.json`` (every figure and the raw measurements) and
 ``docs/benchmarks.md`` (a table per benchmark, with the date, machine and versions, and plots
 under ``docs/benchmarks/`` when matplotlib is installed: ``pip install -e '.[bench]'``). With
-``--out DIR`` both go to DIR instead. ``--only engine_overhead,generation`` runs a subset.
+``--out DIR`` both go to DIR instead. ``--only engine_overhead,generation`` re-runs a subset and
+updates those benchmarks in an existing results.json; ``--render`` only rewrites the Markdown.
 
 Each figure is a ratio or a fraction of two things measured side by side in the same run,
 alternated over repetitions (medians reported), because a shared machine is noisy. Models and
@@ -153,10 +154,10 @@ def markdown(doc: dict, images: dict[str, str], image_dir: str) -> str:
         if "error" in res:
             lines += ["Did not run:", "", "```", res["error"][-2000:], "```", ""]
             continue
-        doc_text = (sys.modules.get(f"benchmarks.{name}").__doc__ or "").strip().split("\n\n")[0] \
-            if f"benchmarks.{name}" in sys.modules else ""
-        if doc_text:
-            lines += [" ".join(doc_text.split()), ""]
+        lines += _method(_load(name).__doc__ or "")
+        if res.get("measured_at") and res["measured_at"] != doc["date"]:
+            lines += [f"Measured {res['measured_at']} in `{res.get('mode')}` mode (`--only {name}`), load average "
+                      f"{res.get('load_avg_1m')} at its start.", ""]
         setup = {k: val for k, val in (res.get("setup") or {}).items() if not isinstance(val, dict)}
         if setup:
             lines += ["Setup: " + "; ".join(f"{k} {_fmt(val)}" for k, val in setup.items()) + ".", ""]
@@ -170,6 +171,21 @@ def markdown(doc: dict, images: dict[str, str], image_dir: str) -> str:
         if name in images:
             lines += [f"![{res.get('title', name)}]({image_dir}/{images[name]})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _method(docstring: str) -> list[str]:
+    """The module docstring past its title line (how it is measured), as Markdown."""
+    out: list[str] = []
+    for para in docstring.strip().split("\n\n")[1:]:
+        if para.lstrip().startswith("Child protocol"):
+            continue
+        if para.lstrip().startswith("- "):
+            items = [" ".join(item.split()) for item in ("\n" + para.strip()).split("\n- ") if item.strip()]
+            out += [f"- {item}" for item in items]
+        else:
+            out.append(" ".join(para.split()))
+        out.append("")
+    return [line.replace("``", "`") for line in out]
 
 
 def _cell(v):
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="", help="scratch folder (models are built here once and reused)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in the training/generation children (0: torch's default)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the Markdown and plots from the existing results.json")
     args = parser.parse_args(argv)
     mode_name = args.mode or "quick"
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(ORDER)
@@ -207,26 +225,46 @@ def main(argv: list[str] | None = None) -> int:
         results_path, doc_path, image_folder = out / "results.json", out / "benchmarks.md", out / "benchmarks"
     else:
         results_path, doc_path, image_folder = RESULTS, DOC, DOC.parent / "benchmarks"
+    if args.render:
+        doc = json.loads(results_path.read_text(encoding="utf-8"))
+        write_docs(doc, doc_path, image_folder)
+        return 0
     t0 = time.time()
     doc = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "mode": mode_name,
            "machine": machine(), "versions": versions(), "threads": args.threads or None, "benchmarks": {}}
+    if args.only and results_path.exists():  # a subset re-run updates those benchmarks, keeps the others
+        previous = json.loads(results_path.read_text(encoding="utf-8"))
+        doc = {**previous, "benchmarks": dict(previous.get("benchmarks", {}))}
     failed = False
     for name in ORDER:
         if name not in names:
             continue
         print(f"[{time.time() - t0:6.0f}s] {name} ...", file=sys.stderr, flush=True)
+        started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         try:
             res = _load(name).run(mode_name, work)
         except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others' figures
             failed = True
             res = {"name": name, "error": traceback.format_exc()}
             print(res["error"], file=sys.stderr)
+        res.update(measured_at=started, mode=mode_name, load_avg_1m=load)
         doc["benchmarks"][name] = res
         for f in res.get("figures", []):
             flag = {True: "  [met]", False: "  [NOT MET]", None: ""}[f.get("met")]
             print(f"    {f['name']}: {_fmt(f['value'])} {f.get('unit', '')}{flag}", file=sys.stderr, flush=True)
-    doc["wall_s"] = round(time.time() - t0, 1)
-    doc["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    if not args.only or "wall_s" not in doc:
+        doc["wall_s"] = round(time.time() - t0, 1)
+        doc["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    write_docs(doc, doc_path, image_folder)
+    print(f"wrote {results_path} and {doc_path} in {time.time() - t0:.0f} s", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_docs(doc: dict, doc_path: Path, image_folder: Path) -> None:
+    """The Markdown page (and its plots) for a results document."""
     doc["notes"] = [f"{res.get('title', name)}: {res['limits']}" for name, res in doc["benchmarks"].items()
                     if res.get("limits") and any(f.get("met") is False for f in res.get("figures", []))]
     images = {}
@@ -235,13 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             img = plot(res, image_folder)
             if img:
                 images[name] = img
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
     doc_path.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(image_folder, doc_path.parent)
     doc_path.write_text(markdown(doc, images, rel), encoding="utf-8")
-    print(f"wrote {results_path} and {doc_path} in {doc['wall_s']:.0f} s", file=sys.stderr)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

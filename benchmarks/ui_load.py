@@ -33,7 +33,7 @@ from pathlib import Path
 from benchmarks import (ROOT, alpaca_path, build_model, child_env, figure, median, quantile, rnd, setup_env)
 
 SIZES = {
-    "smoke": dict(action_calls=2, pollers=2, poll_s=1.5, browser_s=0.0, model="demo"),
+    "smoke": dict(action_calls=2, pollers=2, poll_s=1.5, browser_s=0.0, model="demo", max_samples=48),
     "quick": dict(action_calls=20, pollers=20, poll_s=10.0, browser_s=25.0, model="29m"),
     "full": dict(action_calls=60, pollers=20, poll_s=30.0, browser_s=60.0, model="29m"),
 }
@@ -224,22 +224,34 @@ def run(mode: str, work: Path) -> dict:
         model = "demo"
     else:
         model = str(build_model(work.parent / "models" / "llama-29m"))
+    phases = {}
+    t_phase = time.perf_counter()
+
+    def phase(name):
+        nonlocal t_phase
+        phases[name] = round(time.perf_counter() - t_phase, 2)
+        t_phase = time.perf_counter()
+
     proc, url = _start_server(home)
+    phase("server start")
     try:
         main = _client(url)
         pollers = [_client(url) for _ in range(size["pollers"])]
+        phase("clients")
         idle_actions = ui_actions(main, size["action_calls"])
         idle_poll = polling(pollers, size["poll_s"])
         config = {"model": model, "dataset": str(alpaca_path()), "max_steps": 100_000, "logging_steps": 1,
                   "save_steps": 100_000, "validation_split": 0.0, "batch_size": 4, "max_length": 512,
-                  "name": "bench-ui-load"}
+                  "max_samples": size.get("max_samples", 0), "name": "bench-ui-load"}
+        phase("idle phase")
         started = main.predict(config=config, preset="", api_name="/start_training")
         status = _wait_for_steps(main, 2, timeout=900)
+        phase("run start to step 2")
         run = [r for r in main.predict(api_name="/list_runs") if r["id"] == started["run_id"]][0]
         events_file = Path(run["output_dir"]) / "events.jsonl"
         load_actions = ui_actions(main, size["action_calls"])
         load_poll = polling(pollers, size["poll_s"])
-        api_delays, api_polls = api_step_delays(main, events_file, max(size["poll_s"], 3.0))
+        api_delays, api_polls = api_step_delays(main, events_file, max(size["poll_s"], 2.0))
         browser = {"delays": [], "steps_seen": 0, "skipped": "smoke mode"}
         if size["browser_s"]:
             if Path(CHROMIUM).exists():
@@ -248,15 +260,18 @@ def run(mode: str, work: Path) -> dict:
                 browser["skipped"] = "chromium not installed"
         steps = _step_times(events_file)
         step_s = median([b - a for a, b in zip(sorted(steps.values()), sorted(steps.values())[1:])])
+        phase("training phase")
         main.predict(run_id=started["run_id"], api_name="/stop_training")
         for c in [main, *pollers]:
             c.close()
     finally:
-        proc.stdin.close()
+        proc.stdin.close()  # the server stops the run and closes
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.kill()  # the stopped run's checkpoint is not needed
+            proc.wait()
+        phase("server stop")
     act_idle = idle_actions["/list_models"] + idle_actions["/hardware"]
     act_load = load_actions["/list_models"] + load_actions["/hardware"]
     p95_load = quantile(act_load, 0.95)
@@ -304,7 +319,7 @@ def run(mode: str, work: Path) -> dict:
                       "browser seconds": size["browser_s"], "steps seen in the browser": browser["steps_seen"]},
             "figures": figures, "table": table,
             "raw": {"idle_actions": idle_actions, "load_actions": load_actions, "api_delays": api_delays,
-                    "api_polls": api_polls, "idle_poll": idle_poll, "load_poll": load_poll,
+                    "api_polls": api_polls, "phases_s": phases, "idle_poll": idle_poll, "load_poll": load_poll,
                     "browser": browser, "status_at_start": {k: status.get(k) for k in ("step", "total_steps")}},
             "plot": {"kind": "latency", "title": "UI latency, idle vs while training (p50 / p95)",
                      "labels": ["UI action", f"status x{size['pollers']}", "step-to-plot"],

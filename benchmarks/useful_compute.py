@@ -30,7 +30,7 @@ from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, fi
                         run_child, setup_env)
 
 SIZES = {
-    "smoke": dict(reps=1, warmup=1, steps=2, samples=48, fraction_rows=120, batch=4, model="demo"),
+    "smoke": dict(reps=1, warmup=1, steps=1, samples=24, fraction_rows=60, batch=4, model="demo"),
     "quick": dict(reps=2, warmup=3, steps=8, samples=400, fraction_rows=None, batch=4, model="demo-tok-14m"),
     "full": dict(reps=4, warmup=5, steps=20, samples=999, fraction_rows=None, batch=4, model="demo-tok-14m"),
 }

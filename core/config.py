@@ -160,9 +160,9 @@ class RunConfig:
     )
     group_by_length: bool = _f(
         True,
-        "SFT: batch examples of similar length together, so little compute goes to padding (~98% "
-        "of computed tokens are real on typical chat data, ~58% with random batches), at the same "
-        "examples per step. Ignored when packing.",
+        "SFT: batch examples of similar length together, so little compute goes to padding (on "
+        "typical chat data 0.98 of the computed tokens are real, 0.58 with random batches), at the "
+        "same examples per step. Ignored when packing.",
         "training",
     )
     loss_on: str = _f(
