@@ -174,7 +174,10 @@ class RunConfig:
         False, "Recompute activations in the backward pass: much less memory, ~30% slower.", "training"
     )
     precision: str = _f(
-        "auto", "Numeric precision; 'auto' uses bf16 where the device supports it.", "training",
+        "auto",
+        "Numeric precision. 'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on a CPU "
+        "(bf16 measured slower there; `modelforge hardware` shows what auto means here).",
+        "training",
         choices=PRECISION,
     )
     seed: int = _f(42, "Random seed for shuffling, splitting and initialisation.", "training")

@@ -253,14 +253,19 @@ def _device() -> str:
 
 
 def _train_dtype(config: RunConfig, device: str) -> str:
-    """Mixed-precision mode for the trainer ('bf16', 'fp16' or 'fp32')."""
+    """Mixed-precision mode for the trainer ('bf16', 'fp16' or 'fp32'): the config's precision,
+    with "auto" resolved by :func:`core.hardware.auto_precision`, the one rule that the provider
+    loads the weights with (:func:`core.providers.huggingface.pick_dtype`) and that the hardware
+    report and the memory estimate show."""
     if config.precision != "auto":
         return config.precision
-    if config.quantization != "none" and device == "cpu":
-        return "fp32"  # bitsandbytes' CPU kernels compute in fp32 anyway
+    if device == "cpu":
+        from core.hardware import auto_precision
+
+        return auto_precision("cpu")
     from core.providers.huggingface import pick_dtype
 
-    return pick_dtype("auto")
+    return pick_dtype("auto")  # asks torch whether the GPU has native bf16
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:

@@ -9,7 +9,8 @@ MPS can only be asked through torch. One exception to "cheap": with unsloth inst
 usable NVIDIA GPU, the first probe tries ``import unsloth`` in a child process (10-20 s, then
 cached per version set; see :func:`core.providers.unsloth.status`).
 
-:func:`best_dtype` turns a report into the training precision that ``precision: auto`` means.
+:func:`best_dtype` turns a report into the training precision that ``precision: auto`` means
+(decided in one place, :func:`auto_precision`, which the engine and the memory estimate use too).
 The memory estimate and the model advice built on this report live in :mod:`core.memory`.
 """
 
@@ -61,8 +62,9 @@ class CPUInfo:
         arch: machine architecture (x86_64, arm64...).
         physical_cores: physical cores (falls back to logical when unknown).
         logical_cores: hardware threads.
-        bf16: the CPU has native bfloat16 instructions (AVX512-BF16, AMX or ARM BF16), so bf16
-            training is faster than fp32 on it.
+        bf16: the CPU has native bfloat16 instructions (AVX512-BF16, AMX or ARM BF16). Shown
+            for information: ``precision: auto`` still trains fp32 on a CPU (see
+            :func:`auto_precision`).
     """
 
     model: str = "unknown"
@@ -488,25 +490,53 @@ def _summary_sentence(report: HardwareReport) -> str:
                 f"{report.ram_total_gib:.0f} GiB of memory; slower than an NVIDIA GPU, and 4-bit "
                 "QLoRA is not available.")
     cores = report.cpu.physical_cores
-    return (f"No GPU found: training runs on the CPU ({cores} core{'s' if cores != 1 else ''}); "
-            "practical for the demo and models up to ~0.5B parameters with LoRA.")
+    return (f"No GPU found: training runs on the CPU ({cores} core{'s' if cores != 1 else ''}) in "
+            f"{best_dtype(report)}; practical for the demo and models up to ~0.5B parameters with LoRA.")
+
+
+def auto_precision(device: str, gpu_bf16: bool = False) -> str:
+    """What ``precision: auto`` trains in: the one decision, for every caller.
+
+    The engine and the providers (through :func:`core.providers.huggingface.pick_dtype`, which
+    asks torch for the device), the memory estimate (:func:`core.memory.train_dtype`) and the
+    hardware report (:func:`best_dtype`, shown by ``modelforge hardware`` and the Hardware tab)
+    all resolve "auto" here, so what is reported is what trains.
+
+    - "cuda" whose GPU has native bf16 (compute capability 8.0+, Ampere or newer) -> "bf16": the
+      range of fp32, no loss scaling.
+    - other "cuda" -> "fp16" (bf16 there is only emulated, and slow).
+    - "mps" -> "fp16", as the engine has always trained on Apple GPUs.
+    - "cpu" -> "fp32", even on a CPU with bf16 instructions. Why: measured in docs/benchmarks.md
+      ("Engine overhead", the precision rows), bf16 autocast trained at ~0.6x the tokens/s of
+      fp32 on this project's CPU (demo and 29M models, bf16 or fp32 weights), for the same loss.
+      A quantised base on a CPU is fp32 too (bitsandbytes' CPU kernels compute in fp32).
+
+    Args:
+        device: "cuda", "mps" or "cpu".
+        gpu_bf16: for "cuda", whether the GPU(s) support bf16 natively.
+    """
+    if device == "cuda":
+        return "bf16" if gpu_bf16 else "fp16"
+    if device == "mps":
+        return "fp16"
+    return "fp32"
 
 
 def best_dtype(report: HardwareReport) -> str:
-    """The training precision that ``precision: auto`` resolves to on this machine.
-
-    GPU with bf16 -> "bf16" (same range as fp32, no loss scaling); older GPU -> "fp16"; CPU with
-    native bf16 -> "bf16" (measured ~1.6x faster than fp32 here); otherwise "fp32". On Apple MPS
-    it is "fp32": mixed precision there is still patchy across macOS and torch versions.
+    """The training precision that ``precision: auto`` resolves to on this machine
+    (:func:`auto_precision` for the report's device and GPUs).
 
     Args:
         report: from :func:`probe`.
     """
-    if report.device == "cuda" and report.gpus:
-        return "bf16" if all(g.bf16 for g in report.gpus) else "fp16"
-    if report.device == "mps":
-        return "fp32"
-    return "bf16" if report.cpu.bf16 else "fp32"
+    return auto_precision(report.device, bool(report.gpus) and all(g.bf16 for g in report.gpus))
+
+
+def _precision_note(report: HardwareReport) -> str:
+    """Why 'auto' is not bf16 on a CPU that has bf16 instructions (see :func:`auto_precision`)."""
+    if report.device == "cpu" and report.cpu.bf16:
+        return " (this CPU has bf16, but bf16 trained ~0.6x as fast as fp32 on a CPU: measured)"
+    return ""
 
 
 def summary_lines(report: HardwareReport) -> list[str]:
@@ -540,7 +570,7 @@ def summary_lines(report: HardwareReport) -> list[str]:
         lines.append(f"GPU:      none ({report.gpu_reason or 'not found'})")
     if sys.platform == "darwin" or report.mps_available:
         lines.append(f"MPS:      {'available' if report.mps_available else report.mps_reason}")
-    lines.append(f"Device:   {report.device}, precision 'auto' -> {best_dtype(report)}")
+    lines.append(f"Device:   {report.device}, precision 'auto' -> {best_dtype(report)}{_precision_note(report)}")
     lines.append("Back-ends:")
     width = max((len(b.name) for b in report.backends), default=0)
     for b in report.backends:

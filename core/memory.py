@@ -570,21 +570,15 @@ def estimate_for_run(config: "RunConfig", model_config: dict,
 
 
 def train_dtype(report: "HardwareReport", quantization: str = "none") -> str:
-    """What ``precision: auto`` trains in on this machine, as the engine decides it today.
-
-    Mirrors ``core.engine._train_dtype`` and ``core.providers.huggingface.pick_dtype`` (which
-    import torch; this must not): on a GPU :func:`core.hardware.best_dtype` (bf16, or fp16 on
-    older cards); on Apple MPS fp16; on a CPU fp32, whether or not the CPU has bf16, and always
-    fp32 for a quantised base on a CPU. Estimating a CPU run in bf16 when it trains in fp32 would
-    halve its weights and activations, and promise memory that is not there.
+    """What ``precision: auto`` trains in on this machine: :func:`core.hardware.best_dtype`, the
+    same decision (:func:`core.hardware.auto_precision`) the engine trains with. On a CPU that is
+    fp32, bf16 instructions or not, and with a quantised base too; estimating a CPU run in bf16
+    when it trains in fp32 would halve its weights and activations, and promise memory that is
+    not there. ``quantization`` is accepted for callers; it changes nothing today.
     """
     from core.hardware import best_dtype
 
-    if report.device == "cuda":
-        return best_dtype(report)
-    if report.device == "mps":
-        return "fp16"
-    return "fp32"
+    return best_dtype(report)
 
 
 # -- does it fit? ------------------------------------------------------------------------------------
@@ -851,9 +845,10 @@ class Recommendation:
 
 
 # Tokens per second of LoRA training on a CPU scale roughly with cores / parameters. Measured:
-# a 29M-parameter Llama did ~1100 tokens/s in bf16 on 2 cores (docs: STACK.md). A rough guess
-# for bigger models, stated as such to the user.
-_CPU_TOKENS_PARAMS_PER_CORE = 1100 * 29e6 / 2
+# a 29M-parameter Llama did ~716 tokens/s in fp32 (what precision auto trains on a CPU) on 2
+# cores (docs/benchmarks.md, "Engine overhead", the precision rows). A rough guess for bigger
+# models, stated as such to the user.
+_CPU_TOKENS_PARAMS_PER_CORE = 716 * 29e6 / 2
 _EFFECTIVE_BATCH = 8  # gradient accumulation brings small batches up to this many examples
 _SMALL_FOR_CPU = 600_000_000  # "~0.5B": Qwen2.5-0.5B counts 494M
 _HEADROOM = 0.9  # recommended settings leave 10% of the usable memory spare

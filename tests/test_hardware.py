@@ -187,7 +187,7 @@ def test_fake_mps(monkeypatch, tmp_path):
     report = probe(tmp_path)
     assert report.mps_available and report.device == "mps"
     assert "MPS" in report.summary
-    assert best_dtype(report) == "fp32"
+    assert best_dtype(report) == "fp16"  # what the engine trains on an Apple GPU
     assert any(line.startswith("MPS:") for line in summary_lines(report))
 
 
@@ -246,14 +246,51 @@ def test_default_data_dir_is_modelforge_home(monkeypatch, tmp_path):
 
 # -- interpretation ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("report, expected", [
-    (HardwareReport(device="cpu", cpu=CPUInfo(bf16=True)), "bf16"),
+    # A CPU trains fp32 even with bf16 instructions: bf16 autocast measured ~0.6x as fast
+    # (docs/benchmarks.md, "Engine overhead").
+    (HardwareReport(device="cpu", cpu=CPUInfo(bf16=True)), "fp32"),
     (HardwareReport(device="cpu", cpu=CPUInfo(bf16=False)), "fp32"),
     (HardwareReport(device="cuda", gpus=[GPUInfo(compute_capability=(8, 0), bf16=True)]), "bf16"),
     (HardwareReport(device="cuda", gpus=[GPUInfo(compute_capability=(7, 0), bf16=False)]), "fp16"),
-    (HardwareReport(device="mps", mps_available=True), "fp32"),
+    (HardwareReport(device="mps", mps_available=True), "fp16"),
 ])
 def test_best_dtype(report, expected):
     assert best_dtype(report) == expected
+
+
+def test_the_report_says_what_auto_trains_on_a_bf16_cpu():
+    report = HardwareReport(device="cpu", cpu=CPUInfo(bf16=True, physical_cores=2))
+    report.summary = hardware._summary_sentence(report)
+    device_line = next(line for line in summary_lines(report) if line.startswith("Device:"))
+    assert "precision 'auto' -> fp32" in device_line and "bf16" in device_line  # and why not bf16
+    assert "in fp32" in report.summary
+
+
+@pytest.mark.parametrize("cuda, native_bf16, gpu, expected", [
+    (False, False, None, "fp32"),
+    (True, True, GPUInfo(compute_capability=(8, 0), bf16=True), "bf16"),
+    # A T4 (7.5): torch's is_bf16_supported() counts emulated bf16 unless told not to.
+    (True, False, GPUInfo(compute_capability=(7, 5), bf16=False), "fp16"),
+])
+def test_auto_means_the_same_to_the_engine_the_report_and_the_estimate(monkeypatch, cuda, native_bf16, gpu,
+                                                                       expected):
+    """One decision: what the engine trains and loads in, what `modelforge hardware` and the
+    Hardware tab say, and what the memory estimate assumes."""
+    import torch
+
+    from core.config import RunConfig
+    from core.engine import _train_dtype
+    from core.memory import train_dtype
+    from core.providers.huggingface import pick_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: cuda and (native_bf16 or including_emulation))
+    device = "cuda" if cuda else "cpu"
+    report = HardwareReport(device=device, cpu=CPUInfo(bf16=True), gpus=[gpu] if gpu else [])
+    assert pick_dtype("auto") == _train_dtype(RunConfig(), device) == expected
+    assert best_dtype(report) == train_dtype(report) == train_dtype(report, "4bit") == expected
+    assert f"precision 'auto' -> {expected}" in "\n".join(summary_lines(report))
 
 
 def test_cpu_bf16_flags():

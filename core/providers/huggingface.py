@@ -1,7 +1,7 @@
 """The Hugging Face provider: transformers + peft, on CPU, CUDA or MPS.
 
-Resolves ``demo`` / a local folder / a hub id, picks the dtype from the device (bf16 where
-supported), applies the quantisation factory, loads the Auto class the task needs (causal LM for
+Resolves ``demo`` / a local folder / a hub id, picks the dtype from the device (``precision:
+auto`` as :func:`core.hardware.auto_precision` decides it), applies the quantisation factory, loads the Auto class the task needs (causal LM for
 text generation; seq2seq or causal LM for summarization, by the model's config; a span head for
 extractive QA), and makes sure the tokenizer has a pad token and, for causal LMs, a chat template
 (ChatML as the fallback for base models that ship none).
@@ -75,16 +75,24 @@ def _cached_on_disk(repo_id: str) -> bool:
 
 
 def pick_dtype(precision: str) -> str:
-    """'bf16' | 'fp16' | 'fp32' for the given config precision on this machine."""
+    """'bf16' | 'fp16' | 'fp32' for the given config precision on this machine.
+
+    "auto" is decided by :func:`core.hardware.auto_precision` (the one rule the hardware report
+    and the memory estimate show); here torch says which device this process trains on.
+    """
     if precision != "auto":
         return precision
     import torch
 
+    from core.hardware import auto_precision
+
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Native bf16 only (compute capability 8.0+, or ROCm): torch's default also counts an
+        # emulated bf16 (a T4), which is slow, and which the hardware report calls fp16.
+        return auto_precision("cuda", torch.cuda.is_bf16_supported(including_emulation=False))
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "fp16"
-    return "fp32"  # CPU: autocast bf16 is used by the trainer when supported (see engine)
+        return auto_precision("mps")
+    return auto_precision("cpu")
 
 
 def quantization_config(kind: str, compute_dtype: str = "bf16", skip_modules: list[str] | None = None):
