@@ -242,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - t0:6.0f}s] {name} ...", file=sys.stderr, flush=True)
         started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        t_bench = time.time()
         try:
             res = _load(name).run(mode_name, work)
         except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others' figures
             failed = True
             res = {"name": name, "error": traceback.format_exc()}
             print(res["error"], file=sys.stderr)
-        res.update(measured_at=started, mode=mode_name, load_avg_1m=load)
+        res.update(measured_at=started, mode=mode_name, load_avg_1m=load, wall_s=round(time.time() - t_bench, 1))
         doc["benchmarks"][name] = res
         for f in res.get("figures", []):
             flag = {True: "  [met]", False: "  [NOT MET]", None: ""}[f.get("met")]
