@@ -213,6 +213,49 @@ def test_other_ranks_report_nothing(tmp_path, store, monkeypatch):
     assert control.should_training_stop and control.should_save and cb.stop_event.is_set()
 
 
+def _ctx(tmp_path, **changes):
+    """The parts of a TrainContext that training_kwargs reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=RunConfig(**changes), eval_rows=[], checkpoint_dir=tmp_path,
+                           device="cpu", dtype="fp32")
+
+
+def test_lora_runs_tell_ddp_not_to_search_for_unused_parameters(tmp_path):
+    """A LoRA run's frozen base has no gradients and its adapters are all used each step: DDP's
+    search for unused parameters (transformers' default for a PeftModel) is a wasted graph walk."""
+    from trl import SFTConfig
+
+    from core.strategies.common import training_kwargs
+
+    kw = training_kwargs(_ctx(tmp_path, num_processes=2))
+    assert kw["ddp_find_unused_parameters"] is False
+    assert SFTConfig(**kw).ddp_find_unused_parameters is False
+    # A strategy that trains the base weights keeps transformers' own choice.
+    assert "ddp_find_unused_parameters" not in training_kwargs(_ctx(tmp_path), lora=False)
+
+
+def test_only_the_saving_rank_writes_the_tokenizer_and_all_wait_for_it(tmp_path):
+    """trainer.save_model checks args.should_save itself; the tokenizer beside it must too, and
+    every rank waits until the files are there (rlhf's policy stage reads its reward model)."""
+    from types import SimpleNamespace
+
+    from core.strategies.common import save
+
+    for rank_saves in (True, False):
+        calls = []
+        trainer = SimpleNamespace(
+            args=SimpleNamespace(should_save=rank_saves),
+            save_model=lambda out: calls.append(("model", out)),
+            accelerator=SimpleNamespace(wait_for_everyone=lambda: calls.append(("wait",))))
+        tokenizer = SimpleNamespace(save_pretrained=lambda out: calls.append(("tokenizer", out)))
+        ctx = SimpleNamespace(model_dir=tmp_path / "model", tokenizer=tokenizer)
+        save(trainer, ctx)
+        out = str(tmp_path / "model")
+        assert calls == ([("model", out), ("tokenizer", out), ("wait",)] if rank_saves
+                         else [("model", out), ("wait",)])
+
+
 # -- the proof: two CPU processes train like one --------------------------------------------------------
 # Same data, seed and effective batch; fp32. The identity demo's data at a high rate, so that the
 # curve falls fast (8.0 -> 6.7 in 8 steps) and any difference would show and grow.

@@ -119,6 +119,22 @@ def test_nan_loss_fails_the_run_instead_of_completing_it(store, demo_model, monk
     assert len(losses) == 3  # stopped at the first NaN, not trained on for three more steps
 
 
+def test_every_trainer_config_logs_a_nan_loss_as_nan(tmp_path):
+    """The arguments every strategy builds its trainer from turn transformers' NaN filter off
+    themselves, so the NaN check does not hang on the engine's guard callback reaching the trainer."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from core.strategies.common import training_kwargs
+
+    ctx = SimpleNamespace(config=RunConfig(), eval_rows=[], checkpoint_dir=tmp_path, device="cpu", dtype="fp32")
+    for lora in (True, False):
+        kw = training_kwargs(ctx, lora=lora)
+        assert kw["logging_nan_inf_filter"] is False
+        assert TrainingArguments(**kw).logging_nan_inf_filter is False
+
+
 def test_disk_full_while_saving_a_checkpoint_keeps_the_good_one_and_resumes(store, demo_model, monkeypatch):
     real_save = torch.save
 

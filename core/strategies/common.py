@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from core.engine import TrainContext
 
 
@@ -38,8 +40,14 @@ def lora_config(config, task_type: str = "CAUSAL_LM"):
     )
 
 
-def training_kwargs(ctx: "TrainContext") -> dict[str, Any]:
-    """Arguments common to every trl config (SFTConfig, DPOConfig, ...)."""
+def training_kwargs(ctx: "TrainContext", *, lora: bool = True) -> dict[str, Any]:
+    """Arguments common to every trl config (SFTConfig, DPOConfig, ...).
+
+    Args:
+        ctx: the run's context.
+        lora: the trainer trains LoRA adapters (every built-in strategy does). Pass False for a
+            strategy that trains the base weights themselves (the full fine-tune example).
+    """
     c = ctx.config
     has_eval = bool(ctx.eval_rows)
     kw: dict[str, Any] = dict(
@@ -69,7 +77,16 @@ def training_kwargs(ctx: "TrainContext") -> dict[str, Any]:
         bf16=ctx.dtype == "bf16",
         fp16=ctx.dtype == "fp16",
         remove_unused_columns=True,
+        # A NaN/inf step loss must reach the logs: the EventCallback fails the run on it, and the
+        # default filter would log the running mean instead (the engine's NaN guard also turns
+        # it off, for trainers built without these arguments).
+        logging_nan_inf_filter=False,
     )
+    if lora:
+        # Multi-process (DDP) runs: LoRA's frozen base has no gradients to reduce and every
+        # adapter is used each step, so DDP need not walk the graph after each forward pass to
+        # look for unused parameters (transformers searches by default for a PeftModel).
+        kw["ddp_find_unused_parameters"] = False
     if has_eval and c.eval_steps:
         kw["eval_steps"] = c.eval_steps
     return kw
@@ -120,10 +137,23 @@ def dataset(rows: list[dict]):
     return Dataset.from_list(rows) if rows else None
 
 
-def save(trainer, ctx: "TrainContext") -> None:
-    """The trained weights (the LoRA adapter) and the tokenizer, together in ``ctx.model_dir``."""
-    trainer.save_model(str(ctx.model_dir))
-    ctx.tokenizer.save_pretrained(str(ctx.model_dir))
+def save(trainer, ctx: "TrainContext", out: "Path | None" = None) -> None:
+    """The trained weights (the LoRA adapter) and the tokenizer, together in ``out`` (default
+    ``ctx.model_dir``).
+
+    In a multi-process run only the process that saves (``args.should_save``: world rank 0)
+    writes: ``trainer.save_model`` checks that itself, the tokenizer is checked here (every rank
+    writing the same files at once could leave them mixed). Then every process waits until the
+    files are written, so that none reads them half-written (rlhf's policy stage loads the reward
+    model saved just before).
+    """
+    out = ctx.model_dir if out is None else out
+    trainer.save_model(str(out))
+    if trainer.args.should_save:
+        ctx.tokenizer.save_pretrained(str(out))
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
 
 
 def fit_preference(rows: list[dict], tokenizer, max_length: int) -> list[dict]:

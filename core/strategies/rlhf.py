@@ -126,7 +126,7 @@ class RLHFStrategy:
 
         from core.providers.huggingface import resolve_model_path
         from core.strategies.common import (dataset, final_metrics, fit_preference, log_recorder, lora_config, quiet,
-                                            training_kwargs)
+                                            save, training_kwargs)
 
         c = ctx.config
         # 1. the base with a one-output head (the head is trained fully, the body through LoRA)
@@ -157,8 +157,7 @@ class RLHFStrategy:
             return ctx.run_dir / REWARD_DIR, {}
         # 5. save the adapter (LoRA + head) and tokenizer
         out = ctx.run_dir / REWARD_DIR
-        trainer.save_model(str(out))
-        ctx.tokenizer.save_pretrained(str(out))
+        save(trainer, ctx, out)
         # 6. evaluate: reward accuracy on the held-out pairs (train accuracy when there are none)
         found = final_metrics(trainer, eval_ds, keep=REWARD_REPORTED)
         found = {k.removeprefix("eval_"): v for k, v in found.items()}

@@ -78,8 +78,8 @@ class SFTStrategy:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from core.strategies.common import (final_metrics, last_train_loss, lora_config, quiet, training_kwargs,
-                                            with_perplexity)
+        from core.strategies.common import (final_metrics, last_train_loss, lora_config, quiet, save,
+                                            training_kwargs, with_perplexity)
 
         c = ctx.config
         # 1. data, in trl's shape
@@ -105,7 +105,6 @@ class SFTStrategy:
         if ctx.stopped():
             return {}
         # 5. save the adapter and tokenizer together
-        trainer.save_model(str(ctx.model_dir))
-        ctx.tokenizer.save_pretrained(str(ctx.model_dir))
+        save(trainer, ctx)
         # 6. evaluate
         return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=("eval_loss",))}
