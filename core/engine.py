@@ -102,13 +102,16 @@ def prepare_run(config: RunConfig, store: RecordStore, run_id: str | None = None
 def preflight(config: RunConfig) -> list:
     """Every problem with the config and its data file, before anything is recorded or loaded.
 
-    Checks the config fields and reads the whole dataset (no tokenizer: lengths are checked
-    again once the model's tokenizer is loaded). Returns error-severity Problems.
+    Checks the config fields, whether the provider can train it here (available, and able to do
+    this task/strategy/quantisation), and reads the whole dataset (no tokenizer: lengths are
+    checked again once the model's tokenizer is loaded). Returns error-severity Problems.
     """
     from core.config import validate_config
     from core.data import validate_file
+    from core.providers.registry import preflight_problems
 
     problems = [p for p in validate_config(config) if p.severity == "error"]
+    problems += [p for p in preflight_problems(config) if p.severity == "error"]
     if problems or not config.dataset:
         return problems
     report = validate_file(
@@ -294,14 +297,12 @@ def run_training(
 ) -> RunResult:
     """Train one prepared run to its end. Never raises: the result says how it ended."""
     from core import distributed
-    from core.callback import EventCallback
     from core.providers import registry as providers
     from core.strategies import registry as strategies
 
     if distributed.wants_launch(config):  # num_processes > 1: accelerate runs this function once per device
         return distributed.run_distributed(config, store, events, run_id, run_dir, stop_event, resume_from)
     stop_event = stop_event or threading.Event()
-    _quiet_progress_bars()
     events.attach_file(run_dir / "events.jsonl")
     handler = _attach_log_file(run_dir)
     started = time.time()
@@ -309,6 +310,13 @@ def run_training(
     events.emit("started", name=config.name, config=config.to_dict())
     ctx: TrainContext | None = None
     try:
+        # The provider first: its back-end may have to be imported before transformers, peft and
+        # trl (unsloth patches them at import), and the strategy checks below can import trl.
+        provider = providers.get(config.provider)
+        _prepare_provider(provider)
+        _quiet_progress_bars()
+        from core.callback import EventCallback
+
         strategy = strategies.get(config.strategy)
         ok, why = strategy.available()
         if not ok:
@@ -318,7 +326,6 @@ def run_training(
                                     "see `modelforge info` for what works here")
         if hasattr(strategy, "adjust_config"):
             config = strategy.adjust_config(config)
-        provider = providers.get(config.provider)
         events.emit("log", message=f"loading model '{config.model}' with {provider.name}")
         model, tokenizer = _load_model(provider, config)
         events.emit("log", message=f"validating {config.dataset}")
@@ -369,6 +376,17 @@ def run_training(
         _detach_log_file(handler)
         ctx = None  # the model, optimizer and trainer go now, not at the next run: after an
         _release_memory()  # out-of-memory failure the app must be able to train again
+
+
+def _prepare_provider(provider: Any) -> None:
+    """Call the provider's optional ``prepare()`` hook (see core/providers/registry.py): unsloth
+    imports itself there, before anything in this process imports transformers, peft or trl
+    (else it warns that some of its patches are lost). Only the chosen provider, and only once
+    ``providers.get`` found it available: unsloth is never imported otherwise. In the app, the
+    first run of the process may be the only one that comes before transformers."""
+    prepare = getattr(provider, "prepare", None)
+    if prepare is not None:
+        prepare()
 
 
 def _load_model(provider: Any, config: RunConfig) -> tuple[Any, Any]:

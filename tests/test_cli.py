@@ -122,6 +122,18 @@ def test_train_with_bad_config_exits_2_and_records_nothing(home, shared_data):
         r["name"] != "../x" for r in json.loads(mf("runs", "--json", home=home).stdout))
 
 
+def test_train_refuses_what_the_provider_cannot_do_before_loading(home, shared_data):
+    """unsloth does not train rlhf (anywhere), and without a GPU or the extra is not available at
+    all: exit 2 naming the field `provider` and the fix, and no run is recorded."""
+    before = json.loads(mf("runs", "--json", home=home).stdout)
+    out = mf("train", "--provider", "unsloth", "--strategy", "rlhf", "--model", "demo",
+             "--dataset", str(shared_data / "identity.json"), "--name", "unsloth-rlhf", home=home)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "field 'provider'" in out.stderr and "strategy 'rlhf'" in out.stderr
+    assert "use provider huggingface" in out.stderr and "Traceback" not in out.stderr
+    assert json.loads(mf("runs", "--json", home=home).stdout) == before
+
+
 def test_hub_id_offline_fails_fast_with_one_clear_line(home, shared_data):
     t0 = time.time()
     out = mf("train", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--dataset", str(shared_data / "identity.json"),

@@ -147,6 +147,71 @@ def test_what_unsloth_cannot_train_is_said_before_loading(changes, words):
     assert registry.problems(RunConfig(model="demo", dataset="x.json", **changes)) == []  # huggingface
 
 
+def test_preflight_refuses_an_unavailable_provider_naming_the_field(fresh, monkeypatch, tmp_path):
+    """The reason `modelforge info` gives (here: no GPU, and how to opt in to the CPU fallback)
+    stops the run in pre-flight, before anything is recorded or loaded."""
+    from core.engine import preflight
+
+    monkeypatch.setattr(up, "_installed", lambda: True)
+    monkeypatch.setattr(up, "_gpu_problem", lambda gpus, reason="": "no supported GPU: none was found")
+    config = RunConfig(model="demo", dataset=str(ROOT / "assets" / "examples" / "identity.json"), provider="unsloth")
+    problems = preflight(config)
+    assert [p.field for p in problems] == ["provider"]
+    assert "not available here" in problems[0].message and up.CPU_ENV in problems[0].message
+    assert "huggingface" in problems[0].hint
+    assert preflight(config.replace(provider="huggingface")) == []
+
+
+PREPARE_ORDER = """
+import json, sys
+from core.config import RunConfig
+from core.engine import prepare_run, run_training
+from core.events import EventLog
+from core.providers import registry
+from core.records import RecordStore
+
+seen = {}
+
+class Early:  # a provider that, like unsloth, must be imported before transformers/peft/trl
+    name, description = "early", "test"
+    def available(self):
+        return True, ""
+    def prepare(self):
+        seen["loaded"] = [m for m in ("transformers", "peft", "trl") if m in sys.modules]
+    def load(self, config, *, for_training=True):
+        seen["prepared_before_load"] = "loaded" in seen
+        raise RuntimeError("enough")
+
+registry.register("early", Early)
+store = RecordStore(f"sqlite:///{sys.argv[1]}/records.db")
+config = RunConfig(model="demo", dataset=sys.argv[2], provider="early", strategy=sys.argv[3],
+                   output_dir=sys.argv[1])
+config, run_id, run_dir = prepare_run(config, store)
+result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+print(json.dumps({"seen": seen, "status": result.status}))
+"""
+
+
+@pytest.mark.parametrize("strategy", ["sft", "orpo"])  # orpo's availability check imports trl
+def test_the_engine_lets_the_provider_import_first(tmp_path, strategy):
+    """unsloth must be imported before transformers, peft and trl (it patches them, and warns
+    when second): the engine calls the provider's prepare() before anything imports them. In a
+    fresh process, as a CLI run is."""
+    out = subprocess.run([sys.executable, "-c", PREPARE_ORDER, str(tmp_path),
+                          str(ROOT / "assets" / "examples" / "identity.json"), strategy],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["seen"] == {"loaded": [], "prepared_before_load": True} and result["status"] == "failed"
+
+
+def test_prepare_imports_unsloth_or_says_why_not(monkeypatch):
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # "import unsloth" raises ImportError
+    with pytest.raises(NotAvailableError) as err:
+        up.UnslothProvider().prepare()
+    assert "failed to import" in err.value.message and "huggingface" in err.value.hint
+
+
 # -- with the extra installed: the real thing, on the CPU ------------------------------------------------
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, mf_home):

@@ -70,6 +70,23 @@ def problems(config: "RunConfig") -> list[Problem]:
     return list(check(config)) if check else []
 
 
+def preflight_problems(config: "RunConfig") -> list[Problem]:
+    """Everything that stops the chosen provider from training ``config`` on this machine, for
+    the pre-flight check (so the CLI and the app refuse it before anything is recorded or loaded):
+    not available here (the reason :func:`get` would give, e.g. unsloth without a GPU, which
+    says how to opt in to its CPU fallback), and what it cannot do for ``config`` (:func:`problems`).
+    Each names the field to change."""
+    _load_builtin()
+    factory = _REGISTRY.get(config.provider)
+    if factory is None:
+        return []  # already reported by the choices check
+    ok, why = factory().available()
+    found = [] if ok else [Problem(f"provider '{config.provider}' is not available here: {why}",
+                                   "set provider to huggingface; `modelforge info` says what works here",
+                                   field="provider")]
+    return found + problems(config)
+
+
 _loaded = False
 
 

@@ -201,9 +201,19 @@ class UnslothProvider:
         return config_problems(config)
 
     def prepare(self) -> None:
-        """Import unsloth now. Call before anything imports transformers: unsloth patches it at
-        import and warns that some optimisations are lost when it comes second."""
-        import unsloth  # noqa: F401
+        """Import unsloth now. The engine calls this before anything imports transformers, peft or
+        trl: unsloth patches them at import and warns that some optimisations are lost when it
+        comes second.
+
+        Raises:
+            NotAvailableError: the import failed (e.g. NotImplementedError without a GPU).
+        """
+        try:
+            import unsloth  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - the same answer load() gives
+            raise NotAvailableError(f"provider 'unsloth' is not available here: installed but failed to "
+                                    f"import: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+                                    "use provider huggingface (see `modelforge info`)") from None
 
     def load(self, config, *, for_training: bool = True) -> tuple[Any, Any]:
         """Load (model, tokenizer) with FastLanguageModel; for training, with unsloth's LoRA.
@@ -220,7 +230,7 @@ class UnslothProvider:
             from unsloth import FastLanguageModel  # noqa: I001 - patches transformers: comes first
         except Exception as exc:  # noqa: BLE001 - e.g. NotImplementedError without a GPU
             raise NotAvailableError(f"provider 'unsloth' is not available here: installed but failed to "
-                                    f"import: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                                    f"import: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
                                     "use provider huggingface (see `modelforge info`)") from None
         import torch
 
