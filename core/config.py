@@ -248,8 +248,14 @@ class RunConfig:
     def from_dict(cls, data: dict, source: str = "config") -> "RunConfig":
         """Build from a mapping, rejecting unknown keys and wrong types (all at once).
 
+        When it refuses the mapping, the answer also lists the values that have the right type
+        but are out of range or not one of their choices, so that one answer names every field
+        to fix (a valid mapping is range-checked later, by :func:`validate_config`, with the
+        checks that relate fields to each other).
+
         Raises:
-            ConfigError: listing every unknown key and every value of the wrong type.
+            ConfigError: listing every unknown key, every value of the wrong type and every
+                well-typed value outside its range or choices.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}.")
@@ -267,6 +273,8 @@ class RunConfig:
             except ValueError as exc:
                 problems.append(Problem(str(exc), f"give {key} a {_type_name(known[key])}", file=source, field=key))
         if problems:
+            for key, value in kwargs.items():
+                problems += field_problems(known[key], value, source)
             raise ConfigError(f"{source} has {len(problems)} problem(s).", problems=problems)
         return cls(**kwargs)
 
@@ -358,6 +366,26 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def field_problems(f: dataclasses.Field, value: Any, source: str | None = None) -> list[Problem]:
+    """What is wrong with one field's (well-typed) value on its own: not one of its choices,
+    below its minimum or above its maximum. Each Problem names the field and the fix."""
+    problems: list[Problem] = []
+    meta = f.metadata
+    choices = field_choices(f)
+    if choices and value not in choices:
+        problems.append(Problem(
+            f"'{value}' is not one of: {', '.join(choices)}",
+            f"set {f.name} to one of the listed values", file=source, field=f.name))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in meta and value < meta["min"]:
+            problems.append(Problem(f"{value} is below the minimum {meta['min']}",
+                                    f"use a value >= {meta['min']}", file=source, field=f.name))
+        if "max" in meta and value > meta["max"]:
+            problems.append(Problem(f"{value} is above the maximum {meta['max']}",
+                                    f"use a value <= {meta['max']}", file=source, field=f.name))
+    return problems
+
+
 def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem]:
     """Return every problem with ``config`` (empty list: valid). Never raises.
 
@@ -367,20 +395,7 @@ def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem
     """
     problems: list[Problem] = []
     for f in fields(config):
-        value = getattr(config, f.name)
-        meta = f.metadata
-        choices = field_choices(f)
-        if choices and value not in choices:
-            problems.append(Problem(
-                f"'{value}' is not one of: {', '.join(choices)}",
-                f"set {f.name} to one of the listed values", field=f.name))
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if "min" in meta and value < meta["min"]:
-                problems.append(Problem(f"{value} is below the minimum {meta['min']}",
-                                        f"use a value >= {meta['min']}", field=f.name))
-            if "max" in meta and value > meta["max"]:
-                problems.append(Problem(f"{value} is above the maximum {meta['max']}",
-                                        f"use a value <= {meta['max']}", field=f.name))
+        problems += field_problems(f, getattr(config, f.name))
     if not config.model.strip():
         problems.append(Problem("no base model given", "use 'demo', a local folder or a hub id", field="model"))
     if not config.dataset.strip():

@@ -31,6 +31,24 @@ def test_yaml_reports_all_unknown_and_mistyped_fields_at_once():
     assert "bad.yaml" in text and "did you mean 'lora_r'" in text
 
 
+def test_wrong_types_and_out_of_range_values_are_one_answer():
+    """A refused file or mapping names every field to fix, not the mistyped ones first and the
+    out-of-range ones on the next try."""
+    with pytest.raises(ConfigError) as err:
+        from_yaml("learning_rate: abc\nlora_r: -1\nprecision: fast\nmax_steps: 3\n", source="bad.yaml")
+    found = {p.field: p for p in err.value.problems}
+    assert sorted(found) == ["learning_rate", "lora_r", "precision"]
+    assert "not a number" in found["learning_rate"].message and found["learning_rate"].hint
+    assert "below the minimum 1" in found["lora_r"].message and found["lora_r"].hint == "use a value >= 1"
+    assert "auto" in found["precision"].message and "precision" in found["precision"].hint
+    assert all(p.file == "bad.yaml" for p in err.value.problems)
+    # The same for a mapping (the API, the form): and a valid mapping is still built as before.
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"batch_size": "many", "learning_rate": 5})
+    assert {p.field for p in err.value.problems} == {"batch_size", "learning_rate"}
+    assert RunConfig.from_dict({"lora_r": 0}).lora_r == 0  # range checked by validate_config
+
+
 def test_yaml_syntax_error_names_the_line():
     with pytest.raises(ConfigError) as err:
         from_yaml("model: demo\nlora_r: [1, 2\n", source="broken.yaml")
