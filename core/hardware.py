@@ -179,10 +179,12 @@ class HardwareReport:
     probe_seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (tuples become lists)."""
+        """A JSON-serialisable dict (tuples become lists), with ``auto_precision``: what
+        ``precision: auto`` trains in here (:func:`best_dtype`)."""
         data = dataclasses.asdict(self)
         for gpu in data["gpus"]:
             gpu["compute_capability"] = list(gpu["compute_capability"])
+        data["auto_precision"] = best_dtype(self)
         return data
 
     def backend(self, name: str) -> BackendInfo | None:

@@ -291,6 +291,7 @@ def test_auto_means_the_same_to_the_engine_the_report_and_the_estimate(monkeypat
     assert pick_dtype("auto") == _train_dtype(RunConfig(), device) == expected
     assert best_dtype(report) == train_dtype(report) == train_dtype(report, "4bit") == expected
     assert f"precision 'auto' -> {expected}" in "\n".join(summary_lines(report))
+    assert report.to_dict()["auto_precision"] == expected  # `modelforge hardware --json`
 
 
 def test_cpu_bf16_flags():
