@@ -22,7 +22,7 @@ import traceback
 from dataclasses import fields
 from typing import Any
 
-from core.config import TASKS, RunConfig, coerce, field_choices, load_yaml
+from core.config import TASKS, RunConfig, coerce, field_choices, field_problems, load_yaml
 
 EXIT_OK, EXIT_FAULT, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -127,16 +127,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
     base = load_yaml(args.config) if args.config else RunConfig()
     data = base.to_dict()
-    problems = []
+    problems, converted = [], []
     for f in fields(RunConfig):
         value = getattr(args, f"cfg_{f.name}", None)
         if value is None:
             continue
         try:
             data[f.name] = coerce(f, value)
+            converted.append(f)
         except ValueError as exc:
             problems.append(Problem(str(exc), "see `modelforge train --help`", field="--" + f.name.replace("_", "-")))
-    if problems:
+    if problems:  # one answer: the well-typed flags' range and choice problems too
+        for f in converted:
+            problems += [Problem(p.message, p.hint, field="--" + f.name.replace("_", "-"))
+                         for p in field_problems(f, data[f.name])]
         raise ConfigError("Some command-line values are invalid.", problems=problems)
     return RunConfig.from_dict(data)
 

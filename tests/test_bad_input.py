@@ -128,6 +128,11 @@ def test_cli_train_reports_every_bad_flag_at_once(cli_home, capsys):
             assert field in text, (field, text)
     code, text = _cli(capsys, "train", "--dataset", identity, "--batch-size", "two", "--lora-r", "1.5")
     assert code == 2 and "'two' is not a whole number" in text and "lora_r" in text
+    # A wrong type and an out-of-range value in one command: one answer names both.
+    code, text = _cli(capsys, "train", "--dataset", identity, "--learning-rate", "abc", "--lora-r", "-1",
+                      "--max-steps", "5")
+    assert code == 2 and "'abc' is not a number" in text and "--lora-r" in text and "minimum 1" in text, text
+    assert "--max-steps" not in text, text
     code, text = _cli(capsys, "train", "--dataset", identity, "--strategy", "dpo", "--task", "extractive-qa")
     assert code == 2 and "strategy" in text and "extractive-qa" in text
     _nothing_recorded(cli_home)
