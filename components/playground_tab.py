@@ -10,6 +10,7 @@ Loaded models live in the app's :class:`~components.common.ModelCache`, never in
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ import gradio as gr
 from components.common import AppContext, endpoint, guard
 from core.errors import ModelForgeError, NotAvailableError, NotFoundError
 
+STREAM_UPDATE_S = 0.05  # the shortest time between two updates of the chats while they stream
 EXAMPLE_PROMPTS = ["Who are you?", "What is your name?", "Who created you?", "hello"]
 EMPTY_TEXT = ("### No model to talk to yet\nTrain one in the **Train** tab (the identity demo is preselected), "
               "then pick it here.")
@@ -86,6 +88,7 @@ def chat_stream(ctx: AppContext, model_id: str, message: str, tuned_history: lis
     tuned_hist.append({"role": "assistant", "content": ""})
     yield tuned_hist, base_hist
     live = dict(streams)
+    shown_at = 0.0
     while live:  # alternate: both models generate at once, each in its own thread
         for name in list(live):
             try:
@@ -94,7 +97,10 @@ def chat_stream(ctx: AppContext, model_id: str, message: str, tuned_history: lis
                 del live[name]
                 continue
             (tuned_hist if name == "tuned" else base_hist)[-1]["content"] = text
-        yield tuned_hist, base_hist
+        # At most ~20 page updates a second (each one re-sends both chats), and always the last.
+        if not live or time.monotonic() - shown_at >= STREAM_UPDATE_S:
+            shown_at = time.monotonic()
+            yield tuned_hist, base_hist
 
 
 def chat_once(ctx: AppContext, model_id: str, message: str, history: list | None = None,

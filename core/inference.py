@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -160,26 +161,86 @@ def generate(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int =
     return lm.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
+STREAM_INTERVAL_S = 0.02  # the shortest time between two pieces of a stream
+
+
+class _TokenQueue:
+    """The cheapest streamer ``generate`` accepts: ``put`` only queues the new token ids.
+
+    transformers' TextIteratorStreamer decodes in ``put``, on the generating thread, once per
+    token; with a small model that is a sixth of the time per token (benchmarks/generation.py).
+    Here the reader decodes, in batches of whatever arrived while it was busy.
+    """
+
+    def __init__(self, skip_prompt: bool):
+        import queue
+
+        self.ids: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.ended = threading.Event()
+        self._skip = skip_prompt
+
+    def put(self, value) -> None:
+        if self._skip:  # the first put is the prompt
+            self._skip = False
+            return
+        self.ids.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.ids.put(None)
+        self.ended.set()
+
+
 def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 64, temperature: float = 0.0,
            top_p: float = 0.95, system_prompt: str = "") -> Iterator[str]:
-    """Yield the answer so far as it grows (for the Playground)."""
+    """Yield the answer so far as it grows (for the Playground).
+
+    The text is decoded from all the new tokens each time (so multi-token characters come out
+    whole); a piece that ends inside a character (U+FFFD) waits for the next token.
+    """
+    import queue
+
     import torch
-    from transformers import TextIteratorStreamer
 
     enc = _inputs(lm, prompt, system_prompt)
-    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=lm.kind == "causal", skip_special_tokens=True)
+    tokens = _TokenQueue(skip_prompt=lm.kind == "causal")
+    failure: list[BaseException] = []
 
     def _run():
-        with torch.no_grad():
-            lm.model.generate(**enc, **_gen_kwargs(lm, max_new_tokens, temperature, top_p), streamer=streamer)
+        try:
+            with torch.no_grad():
+                lm.model.generate(**enc, **_gen_kwargs(lm, max_new_tokens, temperature, top_p), streamer=tokens)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the reader's thread
+            failure.append(exc)
+        finally:
+            tokens.end()
 
     thread = threading.Thread(target=_run, daemon=True)
     thread.start()
-    text = ""
-    for piece in streamer:
-        text += piece
-        yield text
+    new: list[int] = []
+    shown, done, woke = "", False, 0.0
+    while not done:
+        # At most ~50 wake-ups a second: each one takes the GIL from the generating thread, and
+        # nobody reads faster; the first piece and the last still come as soon as they exist.
+        tokens.ended.wait(max(0.0, woke + STREAM_INTERVAL_S - time.perf_counter()))
+        batch = [tokens.ids.get()]
+        woke = time.perf_counter()
+        while True:  # take everything that arrived meanwhile: one decode for all of it
+            try:
+                batch.append(tokens.ids.get_nowait())
+            except queue.Empty:
+                break
+        for ids in batch:
+            if ids is None:
+                done = True
+            else:
+                new += ids
+        text = lm.tokenizer.decode(new, skip_special_tokens=True).strip()  # as generate() gives it
+        if text != shown and (done or not text.endswith("\ufffd")):
+            shown = text
+            yield text
     thread.join()
+    if failure:
+        raise failure[0]
 
 
 def summarize(lm: LoadedModel, document: str, *, max_new_tokens: int = 64, max_length: int = 1024) -> str:

@@ -9,8 +9,10 @@ or from a second browser (the events file is replayed when the run is not in mem
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
+import sys
 import threading
 import traceback
 from dataclasses import dataclass
@@ -40,6 +42,34 @@ def last_checkpoint(run_dir: str | Path) -> str | None:
     found = [(int(m.group(1)), p) for p in ckpts.glob("checkpoint-*")
              if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and checkpoint_complete(p)]
     return str(max(found)[1]) if found else None
+
+
+def trainer_nice() -> int:
+    """How much lower the trainer thread's CPU priority is than the app's (``MODELFORGE_TRAINER_NICE``,
+    default 10; 0 keeps it equal)."""
+    try:
+        return max(0, min(19, int(os.environ.get("MODELFORGE_TRAINER_NICE", "10"))))
+    except ValueError:
+        return 10
+
+
+def lower_thread_priority(nice: int) -> bool:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux, where niceness is per thread).
+
+    Why: on a CPU-only machine the trainer keeps every core busy, and the web server's threads
+    would wait behind it for each request. Threads the trainer starts afterwards (torch's OpenMP
+    workers, accelerate's processes) inherit the niceness, so training still gets every idle
+    cycle while a click or a status poll is served first. Elsewhere it does nothing (on macOS a
+    thread id is not a process id). Returns whether the priority was changed.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        return True
+    except OSError:  # a sandbox may forbid it: train at the normal priority
+        return False
 
 
 def _same_run(a: dict, b: dict) -> bool:
@@ -140,6 +170,7 @@ class JobManager:
             self._worker.start()
 
     def _work(self) -> None:
+        lower_thread_priority(trainer_nice())
         while True:
             try:
                 job = self._queue.get(timeout=1.0)

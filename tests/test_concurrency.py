@@ -316,3 +316,29 @@ def test_concurrent_deletes_and_lists_keep_the_records_consistent(tmp_path):
     assert len(runs) == 40 + 2
     assert sum(1 for r in runs if r.model_id) == len(remaining)
     assert len([p for p in cli_store.metrics(runs[0].id)]) in (1, 40)  # every point of a run kept
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_trainer_thread_runs_at_a_lower_cpu_priority_than_the_app(ctx, monkeypatch):
+    """While a run trains on the CPU the web server's threads must be served first: the trainer
+    thread (and the OpenMP workers it starts) runs niced; the app's own threads keep theirs."""
+    import os
+
+    import core.jobs as jobs_mod
+
+    seen = {}
+
+    def fake_training(config, store, events, run_id, run_dir, **kwargs):
+        tid = threading.get_native_id()
+        seen["trainer"] = os.getpriority(os.PRIO_PROCESS, tid)
+        store.finish_run(run_id, "completed")
+        events.emit("finished", status="completed")
+
+    monkeypatch.setattr(jobs_mod, "run_training", fake_training)
+    monkeypatch.setenv("MODELFORGE_TRAINER_NICE", "7")
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    rid = ctx.jobs.submit(_config(name="niced", max_steps=1))
+    ctx.jobs.wait(rid, timeout=60)
+    assert seen["trainer"] == min(19, before + 7)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # only that thread
+    assert jobs_mod.lower_thread_priority(0) is False
