@@ -37,8 +37,8 @@ from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, fi
 SIZES = {  # reps: A/B pairs; warmup: steps skipped; steps: measured steps after the warm-up
     "smoke": dict(reps=1, warmup=1, steps=2, samples=24, batch=2, max_length=128, model="demo",
                   precision_reps=0, precision_steps=0, log_every=1),
-    "quick": dict(reps=3, warmup=5, steps=15, samples=240, batch=4, max_length=512, model="29m",
-                  precision_reps=2, precision_steps=10),
+    "quick": dict(reps=3, warmup=5, steps=10, samples=240, batch=4, max_length=512, model="29m",
+                  precision_reps=1, precision_steps=10),
     "full": dict(reps=5, warmup=5, steps=30, samples=600, batch=4, max_length=512, model="29m",
                  precision_reps=3, precision_steps=20),
 }

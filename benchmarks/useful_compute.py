@@ -31,7 +31,7 @@ from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, fi
 
 SIZES = {
     "smoke": dict(reps=1, warmup=1, steps=1, samples=24, fraction_rows=60, batch=4, model="demo"),
-    "quick": dict(reps=2, warmup=3, steps=8, samples=400, fraction_rows=None, batch=4, model="demo-tok-14m"),
+    "quick": dict(reps=2, warmup=2, steps=6, samples=400, fraction_rows=None, batch=4, model="demo-tok-14m"),
     "full": dict(reps=4, warmup=5, steps=20, samples=999, fraction_rows=None, batch=4, model="demo-tok-14m"),
 }
 MAX_LENGTH = 512
