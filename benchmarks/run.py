@@ -1,6 +1,6 @@
 """Run ModelForge's benchmark suite and write the results.
 
-    python -m benchmarks.run --quick     # every benchmark, a few minutes on 2 CPU cores
+    python -m benchmarks.run --quick     # every benchmark, about 10 minutes on 2 CPU cores
     python -m benchmarks.run --full      # more repetitions and steps (tens of minutes)
     python -m benchmarks.run --smoke --out /tmp/bench   # tiny: checks that it all runs (CI)
 
@@ -129,7 +129,7 @@ def markdown(doc: dict, images: dict[str, str], image_dir: str) -> str:
         "",
         f"- Machine: {m['cpu']}, {m['cores']} logical cores ({m['physical_cores']} physical), {m['ram_gib']} GiB RAM, "
         f"{m['os']}, Python {m['python']}; load average {m['load_avg_1m_at_start']} at the start, "
-        f"{doc.get('load_avg_1m_at_end', '?')} at the end (other jobs were running).",
+        f"{doc.get('load_avg_1m_at_end', '?')} at the end (1-minute averages, the suite's own work included).",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"- torch intra-op threads in the training and generation benchmarks: {doc['threads'] or 'torch default'} "
         "(`--threads`); the app in the cold-start and UI benchmarks runs with torch's default.",
@@ -155,7 +155,7 @@ def markdown(doc: dict, images: dict[str, str], image_dir: str) -> str:
             lines += ["Did not run:", "", "```", res["error"][-2000:], "```", ""]
             continue
         lines += _method(_load(name).__doc__ or "")
-        if res.get("measured_at") and res["measured_at"] != doc["date"]:
+        if res.get("invocation", doc["date"]) != doc["date"]:  # re-run later with --only
             lines += [f"Measured {res['measured_at']} in `{res.get('mode')}` mode (`--only {name}`), load average "
                       f"{res.get('load_avg_1m')} at its start.", ""]
         setup = {k: val for k, val in (res.get("setup") or {}).items() if not isinstance(val, dict)}
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(doc, doc_path, image_folder)
         return 0
     t0 = time.time()
-    doc = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "mode": mode_name,
+    invocation = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    doc = {"date": invocation, "mode": mode_name,
            "machine": machine(), "versions": versions(), "threads": args.threads or None, "benchmarks": {}}
     if args.only and results_path.exists():  # a subset re-run updates those benchmarks, keeps the others
         previous = json.loads(results_path.read_text(encoding="utf-8"))
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             res = {"name": name, "error": traceback.format_exc()}
             print(res["error"], file=sys.stderr)
-        res.update(measured_at=started, mode=mode_name, load_avg_1m=load, wall_s=round(time.time() - t_bench, 1))
+        res.update(measured_at=started, invocation=invocation, mode=mode_name, load_avg_1m=load, wall_s=round(time.time() - t_bench, 1))
         doc["benchmarks"][name] = res
         for f in res.get("figures", []):
             flag = {True: "  [met]", False: "  [NOT MET]", None: ""}[f.get("met")]
