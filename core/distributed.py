@@ -117,6 +117,20 @@ def wants_launch(config: RunConfig) -> bool:
     return (config.num_processes > 1 or config.num_machines > 1) and not is_worker()
 
 
+def wants_own_process(config: RunConfig) -> bool:
+    """Whether a one-process run should still train in a child process when the caller lives on
+    (the app): its provider patches libraries for the whole process (unsloth patches transformers,
+    peft and trl at import), which would change every later run and the Playground's models."""
+    from core.providers.registry import patches_process
+
+    return not is_worker() and patches_process(config.provider)
+
+
+def _single(config: RunConfig) -> bool:
+    """One process on one machine: a plain child process, no accelerate."""
+    return config.num_processes <= 1 and config.num_machines <= 1
+
+
 # -- stop: asked for by the parent, agreed by every rank --------------------------------------------
 def _pid_alive(pid: int) -> bool:
     try:
@@ -375,7 +389,7 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
 
     try:  # everything before the launch: any failure ends the run as failed, never as an exception
         gpus = _gpu_count()
-        problems = launch_problems(config, gpus)
+        problems = [] if _single(config) else launch_problems(config, gpus)
         if problems:
             return fail(f"cannot launch {config.num_processes} processes: " + "; ".join(p.message for p in problems),
                         problems[0].hint, problems=problems)
@@ -386,12 +400,17 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
         if is_demo(config.model):
             demo_path()  # built once here: every rank building it at once would race on the cache folder
         (dist_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-        config_file = write_accelerate_config(config, run_dir, gpus, dtype)
+        config_file = None if _single(config) else write_accelerate_config(config, run_dir, gpus, dtype)
         stop_file = dist_dir / STOP_FILE
         stop_file.unlink(missing_ok=True)  # a resumed run must not stop at once
         for old in dist_dir.glob("result*.json"):
             old.unlink()
-        cmd = launch_command(config_file, run_dir, run_id, resume_from, cpu=gpus == 0, distributed=config.distributed)
+        if config_file is None:  # the same worker, started directly: it is rank 0 of a world of one
+            cmd = [sys.executable, "-m", "core.worker", "--run-dir", str(run_dir), "--run-id", run_id]
+            cmd += ["--resume", str(resume_from)] if resume_from else []
+        else:
+            cmd = launch_command(config_file, run_dir, run_id, resume_from, cpu=gpus == 0,
+                                 distributed=config.distributed)
         from core.paths import REPO_ROOT
 
         env = dict(os.environ)
@@ -403,7 +422,7 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")])),
             "PYTHONUNBUFFERED": "1",
         })
-        if gpus == 0:
+        if gpus == 0 and config_file is not None:
             env["ACCELERATE_USE_CPU"] = "true"
             # Plain "cpu", not accelerate's per-rank "cpu:N": the Trainer loads the optimizer state of a
             # checkpoint with map_location=args.device, and torch cannot map to "cpu:1" (resume fails).
@@ -414,9 +433,14 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
         # run, so a store opened meanwhile does not take it for a crashed one.
         store.update_run(run_id, pid=os.getpid(), heartbeat_at=utcnow())
         where = f"{config.num_machines} machines, this one rank {config.machine_rank}" if config.num_machines > 1 else "this machine"
-        writer.emit("log", message=f"launching {config.num_processes} {config.distributed} processes on {where} "
-                                   f"({'CPU, gloo' if gpus == 0 else f'{gpus} GPU(s)'}) with accelerate; "
-                                   f"config {config_file.name}")
+        if config_file is None:
+            writer.emit("log", message=f"training in a child process: the {config.provider} provider patches "
+                                       "transformers for the whole process, and this one serves other runs and "
+                                       "the Playground")
+        else:
+            writer.emit("log", message=f"launching {config.num_processes} {config.distributed} processes on {where} "
+                                       f"({'CPU, gloo' if gpus == 0 else f'{gpus} GPU(s)'}) with accelerate; "
+                                       f"config {config_file.name}")
         launch_log = dist_dir / LAUNCH_LOG
         with launch_log.open("a", encoding="utf-8") as fh:
             fh.write(f"\n$ {shlex.join(cmd)}\n")

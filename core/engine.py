@@ -294,13 +294,20 @@ def run_training(
     run_dir: Path,
     stop_event: threading.Event | None = None,
     resume_from: str | None = None,
+    long_lived: bool = False,
 ) -> RunResult:
-    """Train one prepared run to its end. Never raises: the result says how it ended."""
+    """Train one prepared run to its end. Never raises: the result says how it ended.
+
+    ``long_lived``: the caller is a process that goes on after the run (the app's job manager),
+    so a provider that patches libraries process-wide (unsloth) trains in a child process.
+    """
     from core import distributed
     from core.providers import registry as providers
     from core.strategies import registry as strategies
 
-    if distributed.wants_launch(config):  # num_processes > 1: accelerate runs this function once per device
+    if distributed.wants_launch(config) or (long_lived and distributed.wants_own_process(config)):
+        # num_processes > 1: accelerate runs this function once per device; a patching provider
+        # in the app: one plain child process runs it.
         return distributed.run_distributed(config, store, events, run_id, run_dir, stop_event, resume_from)
     stop_event = stop_event or threading.Event()
     events.attach_file(run_dir / "events.jsonl")

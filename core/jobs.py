@@ -194,7 +194,7 @@ class JobManager:
                 self._current = job.run_id
             try:
                 result = run_training(job.config, self.store, self._logs[job.run_id], job.run_id,
-                                      job.run_dir, stop_event=stop, resume_from=job.resume_from)
+                                      job.run_dir, stop_event=stop, resume_from=job.resume_from, long_lived=True)
                 self._results[job.run_id] = result
             except Exception:  # noqa: BLE001 - run_training never raises; belt and braces
                 log.error("worker fault:\n%s", traceback.format_exc())

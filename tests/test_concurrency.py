@@ -134,7 +134,7 @@ def test_a_resume_in_the_instant_a_run_ends_is_not_lost(ctx, monkeypatch):
 
     calls = []
 
-    def fake_training(config, store, events, run_id, run_dir, stop_event=None, resume_from=None):
+    def fake_training(config, store, events, run_id, run_dir, stop_event=None, resume_from=None, **kwargs):
         calls.append(resume_from)
         store.mark_running(run_id, resumed=resume_from is not None)
         if len(calls) == 1:

@@ -396,3 +396,41 @@ def test_two_machines_on_loopback(tmp_path, store, demo_model):
     assert [e.step for e in main_events.events if e.type == "step"] == [1, 2, 3]
     assert [e.type for e in other_events.events] == ["log", "finished"]
     assert [p.name for p in store.metrics(other.run_id)] == []
+
+
+def test_a_provider_that_patches_the_process_trains_in_a_child_process_in_the_app(tmp_path, store, demo_model,
+                                                                                    monkeypatch):
+    """unsloth patches transformers for the whole process: in the app (a long-lived process) its
+    runs train in a plain child process, so later runs and the Playground see the libraries
+    untouched. The path is provider-independent; a provider that says it patches is stood in
+    by huggingface here (unsloth needs a GPU or its own venv, where tests/test_unsloth.py runs)."""
+    from components.common import AppContext
+    from components.train_tab import resume_training, run_view, start_training, stop_training
+    from core.jobs import JobManager
+    from core.providers import registry
+
+    assert registry.patches_process("unsloth") and not registry.patches_process("huggingface")
+    assert not distributed.wants_own_process(RunConfig(provider="huggingface"))
+    monkeypatch.setattr(registry, "patches_process", lambda name: name == "huggingface")
+    assert distributed.wants_own_process(RunConfig(provider="huggingface"))
+
+    rows = json.loads((ROOT / "assets" / "examples" / "identity.json").read_text())[:24]
+    data = tmp_path / "identity24.json"
+    data.write_text(json.dumps(rows))
+    ctx = AppContext(store=store, jobs=JobManager(store))
+    config = RunConfig(dataset=str(data), batch_size=4, **TRAIN)
+    run_id = start_training(ctx, config)["run_id"]
+    _wait_for(lambda: any(e.type == "started" for e in ctx.jobs.events(run_id)), 240, "the child to start")
+    stop_training(ctx, run_id)
+    assert ctx.jobs.wait(run_id, timeout=240) == "cancelled"
+    run_dir = Path(store.get_run(run_id).output_dir)
+    assert any("training in a child process" in (e.data.get("message") or "") for e in ctx.jobs.events(run_id))
+    assert not (run_dir / distributed.ACCELERATE_CONFIG).exists()  # a plain child, no accelerate
+    assert "-m core.worker" in (run_dir / distributed.DIST_DIR / distributed.LAUNCH_LOG).read_text()
+    _wait_for(lambda: ctx.jobs.current is None, 30, "the job manager to retire the run")
+    resume_training(ctx, run_id)
+    assert ctx.jobs.wait(run_id, timeout=240) == "completed", store.get_run(run_id).error
+    run = store.get_run(run_id)
+    view = run_view(ctx, run_id)
+    assert view.status == "completed" and view.model_id == run.model_id and view.step == TRAIN["max_steps"]
+    assert Path(store.get_model(run.model_id).path, "adapter_model.safetensors").exists()

@@ -341,3 +341,40 @@ def test_gpu_check_dry_run(tmp_path):
     else:
         assert us["status"] == "skipped" and "unsloth" in us["detail"]
     assert "| hf-lora | ok |" in (tmp_path / "gpu_check.md").read_text()
+
+
+APP_RUN = """
+import json, sys
+from core.config import RunConfig
+from core.jobs import JobManager
+from core.records import RecordStore
+
+store = RecordStore(f"sqlite:///{sys.argv[1]}/records.db")
+jobs = JobManager(store)
+config = RunConfig(model="demo", dataset=sys.argv[2], provider="unsloth", max_steps=2, batch_size=2,
+                   max_length=128, validation_split=0.0, output_dir=sys.argv[1])
+run_id = jobs.submit(config)
+status = jobs.wait(run_id, timeout=900)
+print(json.dumps({"status": status, "error": store.get_run(run_id).error,
+                  "unsloth_here": "unsloth" in sys.modules,
+                  "logs": [e.data.get("message") for e in jobs.events(run_id) if e.type == "log"]}))
+"""
+
+
+@pytest.mark.unsloth
+@needs_unsloth
+def test_the_app_trains_unsloth_in_a_child_process(home, tmp_path, shared_data):
+    """In the app (the job manager, a process that lives on), an unsloth run trains in a child
+    process: it completes, and the app's own process never imports unsloth, so its transformers
+    stay unpatched for the next huggingface run and the Playground."""
+    rows = json.loads((shared_data / "identity.json").read_text())[:16]
+    dataset = tmp_path / "identity16.json"
+    dataset.write_text(json.dumps(rows))
+    env = {**os.environ, "MODELFORGE_HOME": str(home), up.CPU_ENV: "1", "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-c", APP_RUN, str(tmp_path), str(dataset)], capture_output=True,
+                         text=True, cwd=ROOT, env=env, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "completed", result
+    assert any("training in a child process" in (m or "") for m in result["logs"]), result["logs"]
+    assert result["unsloth_here"] is False

@@ -32,6 +32,8 @@ class Provider(Protocol):
     # Optional, for providers that cannot run every configuration or must import first:
     #   problems(config) -> list[Problem]: what it cannot do for ``config`` (see problems()).
     #   prepare() -> None: import the back-end before transformers is imported (unsloth).
+    #   patches_process = True: it changes libraries process-wide (unsloth patches transformers,
+    #     peft and trl), so a long-lived process (the app) trains it in a child process.
 
 
 _REGISTRY: dict[str, Callable[[], Provider]] = {}
@@ -56,6 +58,13 @@ def get(name: str) -> Provider:
         raise NotAvailableError(f"provider '{name}' is not available here: {why}",
                                 "use provider 'huggingface' (see `modelforge info`)")
     return provider
+
+
+def patches_process(name: str) -> bool:
+    """Whether provider ``name`` changes libraries for the whole process (see Provider)."""
+    _load_builtin()
+    factory = _REGISTRY.get(name)
+    return bool(factory is not None and getattr(factory(), "patches_process", False))
 
 
 def problems(config: "RunConfig") -> list[Problem]:

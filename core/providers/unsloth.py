@@ -192,6 +192,7 @@ def _lora_targets(model, targets: str) -> list[str] | str:
 
 class UnslothProvider:
     name = "unsloth"
+    patches_process = True  # importing unsloth patches transformers/peft/trl for the whole process
     description = "Unsloth's patched kernels: ~2x faster LoRA/QLoRA on NVIDIA GPUs"
 
     def available(self) -> tuple[bool, str]:
