@@ -105,8 +105,11 @@ class RunView:
 
     def done_markdown(self) -> str:
         if self.status == "completed":
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
-                                if isinstance(v, (int, float)) and k != "train_runtime_s")
+            shown = {k: v for k, v in self.metrics.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "train_runtime_s"}
+            if self.loss is not None:  # the run's mean training loss alone reads as if it were the last
+                shown = {"last logged loss": self.loss, **shown}
+            metrics = " · ".join(f"{METRIC_LABELS.get(k, k.replace('_', ' '))} {v:.4g}" for k, v in shown.items())
             return (f"### ✅ Finished: model **{self.name}** (`{self.model_id}`)\n{metrics}\n\n"
                     "Find it in the **Models** tab, or talk to it in the **Playground**.")
         if self.status == "failed":
@@ -127,6 +130,12 @@ class RunView:
         out["total_steps"] = out.pop("total")
         out["done"] = self.status in TERMINAL
         return out
+
+
+# What a finished run's metrics are called on the page (others: their key, with spaces).
+METRIC_LABELS = {"train_loss": "mean training loss", "eval_loss": "validation loss", "perplexity": "perplexity",
+                 "exact_match": "exact match", "f1": "F1", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+                 "rougeL": "ROUGE-L"}
 
 
 def _clock(t: float) -> str:
