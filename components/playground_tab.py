@@ -89,18 +89,22 @@ def chat_stream(ctx: AppContext, model_id: str, message: str, tuned_history: lis
     yield tuned_hist, base_hist
     live = dict(streams)
     shown_at = 0.0
-    while live:  # alternate: both models generate at once, each in its own thread
-        for name in list(live):
-            try:
-                text = next(live[name])
-            except StopIteration:
-                del live[name]
-                continue
-            (tuned_hist if name == "tuned" else base_hist)[-1]["content"] = text
-        # At most ~20 page updates a second (each one re-sends both chats), and always the last.
-        if not live or time.monotonic() - shown_at >= STREAM_UPDATE_S:
-            shown_at = time.monotonic()
-            yield tuned_hist, base_hist
+    try:
+        while live:  # alternate: both models generate at once, each in its own thread
+            for name in list(live):
+                try:
+                    text = next(live[name])
+                except StopIteration:
+                    del live[name]
+                    continue
+                (tuned_hist if name == "tuned" else base_hist)[-1]["content"] = text
+            # At most ~20 page updates a second (each one re-sends both chats), and always the last.
+            if not live or time.monotonic() - shown_at >= STREAM_UPDATE_S:
+                shown_at = time.monotonic()
+                yield tuned_hist, base_hist
+    finally:  # the page went away or the chat was cleared: stop both generations now
+        for gen in streams.values():
+            gen.close()
 
 
 def chat_once(ctx: AppContext, model_id: str, message: str, history: list | None = None,

@@ -164,6 +164,10 @@ def generate(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int =
 STREAM_INTERVAL_S = 0.02  # the shortest time between two pieces of a stream
 
 
+class _Abandoned(Exception):
+    """Raised inside generate() when the stream's reader has gone."""
+
+
 class _TokenQueue:
     """The cheapest streamer ``generate`` accepts: ``put`` only queues the new token ids.
 
@@ -177,9 +181,12 @@ class _TokenQueue:
 
         self.ids: "queue.SimpleQueue" = queue.SimpleQueue()
         self.ended = threading.Event()
+        self.abandoned = threading.Event()  # set by the reader: generate stops at its next token
         self._skip = skip_prompt
 
     def put(self, value) -> None:
+        if self.abandoned.is_set():
+            raise _Abandoned  # out of generate(), at no cost per token: put is called anyway
         if self._skip:  # the first put is the prompt
             self._skip = False
             return
@@ -195,10 +202,9 @@ def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 6
     """Yield the answer so far as it grows (for the Playground).
 
     The text is decoded from all the new tokens each time (so multi-token characters come out
-    whole); a piece that ends inside a character (U+FFFD) waits for the next token.
+    whole); a piece that ends inside a character (U+FFFD) waits for the next token. A reader that
+    stops early (the page was closed, the chat cleared) stops the generation after its next token.
     """
-    import queue
-
     import torch
 
     enc = _inputs(lm, prompt, system_prompt)
@@ -209,6 +215,8 @@ def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 6
         try:
             with torch.no_grad():
                 lm.model.generate(**enc, **_gen_kwargs(lm, max_new_tokens, temperature, top_p), streamer=tokens)
+        except _Abandoned:
+            pass
         except BaseException as exc:  # noqa: BLE001 - re-raised in the reader's thread
             failure.append(exc)
         finally:
@@ -216,6 +224,19 @@ def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 6
 
     thread = threading.Thread(target=_run, daemon=True)
     thread.start()
+    try:
+        yield from _pieces(lm, tokens)
+    finally:  # also when the reader stops early (GeneratorExit): the thread must not run on
+        tokens.abandoned.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _pieces(lm: LoadedModel, tokens: _TokenQueue) -> Iterator[str]:
+    """The growing answer, from the token ids ``tokens`` receives until it ends."""
+    import queue
+
     new: list[int] = []
     shown, done, woke = "", False, 0.0
     while not done:
@@ -238,9 +259,6 @@ def stream(lm: LoadedModel, prompt: str | list[dict], *, max_new_tokens: int = 6
         if text != shown and (done or not text.endswith("\ufffd")):
             shown = text
             yield text
-    thread.join()
-    if failure:
-        raise failure[0]
 
 
 def summarize(lm: LoadedModel, document: str, *, max_new_tokens: int = 64, max_length: int = 1024) -> str:

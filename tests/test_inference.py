@@ -36,3 +36,19 @@ def test_a_failure_while_generating_is_raised_not_hung(lm, monkeypatch):
     monkeypatch.setattr(lm.model, "generate", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         list(stream(lm, "hello", max_new_tokens=8))
+
+
+def test_a_reader_that_stops_early_stops_the_generation(lm):
+    """The Playground closed or cleared mid-answer: the generating thread ends after its next
+    token instead of running to max_new_tokens on a busy CPU."""
+    import threading
+    import time
+
+    before = {t.ident for t in threading.enumerate()}
+    pieces = stream(lm, "hello", max_new_tokens=100_000)
+    first = next(pieces)
+    assert isinstance(first, str)
+    t0 = time.perf_counter()
+    pieces.close()
+    assert time.perf_counter() - t0 < 10
+    assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before  # the generating thread ended
