@@ -52,7 +52,9 @@ def test_sigkill_mid_run_marks_interrupted_and_resume_continues(home, shared_dat
     assert runs[0]["status"] == "interrupted", runs[0]
     assert "resume" in runs[0]["error"]
     assert json.loads(mf("models", "--json", home=home).stdout) == []
-    ckpts = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    # The kill may land while a checkpoint is being written: resume uses the newest complete one.
+    ckpts = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                   if (p / "trainer_state.json").exists())
     last = ckpts[-1]
 
     out = mf("train", "--resume", runs[0]["id"], "--json", home=home, timeout=600)

@@ -156,6 +156,20 @@ def save(trainer, ctx: "TrainContext", out: "Path | None" = None) -> None:
         accelerator.wait_for_everyone()
 
 
+def train_save_evaluate(trainer, ctx: "TrainContext", eval_ds, **metrics) -> dict:
+    """The tail every strategy shares once its trainer is built: train (resuming from
+    ``ctx.resume_from`` when asked), save the weights with the tokenizer (:func:`save`), and
+    evaluate on ``eval_ds`` (``metrics``: :func:`final_metrics`'s options). A run stopped by the
+    user returns ``{}`` at once: its checkpoint is what counts, the engine records it."""
+    quiet(trainer)
+    ctx.trainer = trainer  # the engine reads it when the run ends (stop, failure)
+    trainer.train(resume_from_checkpoint=ctx.resume_from)
+    if ctx.stopped():
+        return {}
+    save(trainer, ctx)
+    return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, **metrics)}
+
+
 def fit_preference(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
     """Render preference rows with the chat template as text, cut so prompt + each answer fit.
 

@@ -30,8 +30,7 @@ class DPOStrategy:
     def train(self, ctx) -> dict:
         from trl import DPOConfig, DPOTrainer
 
-        from core.strategies.common import (dataset, final_metrics, last_train_loss, peft_for, quiet, save,
-                                            training_kwargs)
+        from core.strategies.common import dataset, peft_for, train_save_evaluate, training_kwargs
 
         # 1. data: the canonical preference rows are already in trl's conversational shape
         train_ds, eval_ds = dataset(ctx.train_rows), dataset(ctx.eval_rows)
@@ -41,13 +40,5 @@ class DPOStrategy:
         # 3. trainer, with LoRA on the policy (the reference is the same model, adapter off)
         trainer = DPOTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=ctx.tokenizer, peft_config=peft_for(ctx), callbacks=ctx.callbacks)
-        quiet(trainer)
-        ctx.trainer = trainer
-        # 4. train (resuming from a checkpoint when asked)
-        trainer.train(resume_from_checkpoint=ctx.resume_from)
-        if ctx.stopped():
-            return {}
-        # 5. save the adapter and tokenizer together
-        save(trainer, ctx)
-        # 6. evaluate: loss, reward accuracy and margin on the held-out pairs
-        return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=REPORTED)}
+        # 4-6. train, save, evaluate: loss, reward accuracy and margin on the held-out pairs
+        return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)

@@ -49,8 +49,7 @@ class ORPOStrategy:
         with _experimental_ok():
             from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        from core.strategies.common import (dataset, final_metrics, fit_preference, last_train_loss, peft_for,
-                                            quiet, save, training_kwargs)
+        from core.strategies.common import dataset, fit_preference, peft_for, train_save_evaluate, training_kwargs
 
         c = ctx.config
         # 1. data: preference rows rendered with the chat template and fitted to max_length
@@ -61,13 +60,5 @@ class ORPOStrategy:
         # 3. trainer, with LoRA on the policy
         trainer = ORPOTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                               processing_class=ctx.tokenizer, peft_config=peft_for(ctx), callbacks=ctx.callbacks)
-        quiet(trainer)
-        ctx.trainer = trainer
-        # 4. train
-        trainer.train(resume_from_checkpoint=ctx.resume_from)
-        if ctx.stopped():
-            return {}
-        # 5. save the adapter and tokenizer together
-        save(trainer, ctx)
-        # 6. evaluate
-        return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=REPORTED)}
+        # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
+        return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)

@@ -78,8 +78,7 @@ class SFTStrategy:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from core.strategies.common import (final_metrics, last_train_loss, lora_config, quiet, save,
-                                            training_kwargs, with_perplexity)
+        from core.strategies.common import lora_config, train_save_evaluate, training_kwargs, with_perplexity
 
         c = ctx.config
         # 1. data, in trl's shape
@@ -98,13 +97,5 @@ class SFTStrategy:
         trainer = with_perplexity(SFTTrainer)(
             model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
-        quiet(trainer)
-        ctx.trainer = trainer
-        # 4. train (resuming from a checkpoint when asked)
-        trainer.train(resume_from_checkpoint=ctx.resume_from)
-        if ctx.stopped():
-            return {}
-        # 5. save the adapter and tokenizer together
-        save(trainer, ctx)
-        # 6. evaluate
-        return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=("eval_loss",))}
+        # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
+        return train_save_evaluate(trainer, ctx, eval_ds, keep=("eval_loss",))

@@ -185,7 +185,7 @@ def train(ctx) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from core.strategies.common import final_metrics, last_train_loss, quiet, save, training_kwargs, with_lora
+    from core.strategies.common import train_save_evaluate, training_kwargs, with_lora
 
     c, tokenizer = ctx.config, ctx.tokenizer
     # An encoder's window cannot exceed its position table (BERT-style models: 512).
@@ -205,13 +205,5 @@ def train(ctx) -> dict:
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), callbacks=ctx.callbacks)
     trainer.qa_rows, trainer.qa_windows = ctx.eval_rows, eval_windows
-    quiet(trainer)
-    ctx.trainer = trainer
-    # 4. train
-    trainer.train(resume_from_checkpoint=ctx.resume_from)
-    if ctx.stopped():
-        return {}
-    # 5. save the adapter (with the span head) and tokenizer together
-    save(trainer, ctx)
-    # 6. evaluate: exact match and F1 of the predicted spans on the validation split
-    return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=REPORTED)}
+    # 4-6. train, save, evaluate: exact match and F1 of the predicted spans on the validation split
+    return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)

@@ -120,7 +120,7 @@ def train_seq2seq(ctx) -> dict:
     """Fine-tune an encoder-decoder (LoRA) on document -> summary; return loss, perplexity, ROUGE."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from core.strategies.common import dataset, final_metrics, last_train_loss, quiet, save, training_kwargs, with_lora
+    from core.strategies.common import dataset, train_save_evaluate, training_kwargs, with_lora
 
     c, tokenizer = ctx.config, ctx.tokenizer
     # 1. adapt: LoRA on the encoder-decoder (the provider loaded AutoModelForSeq2SeqLM)
@@ -142,24 +142,15 @@ def train_seq2seq(ctx) -> dict:
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         callbacks=ctx.callbacks)
     trainer.rouge_rows, trainer.rouge_seq2seq, trainer.rouge_max_length = ctx.eval_rows, True, c.max_length
-    quiet(trainer)
-    ctx.trainer = trainer
-    # 4. train
-    trainer.train(resume_from_checkpoint=ctx.resume_from)
-    if ctx.stopped():
-        return {}
-    # 5. save the adapter and tokenizer together
-    save(trainer, ctx)
-    # 6. evaluate: loss, perplexity and ROUGE-1/2/L on the validation split
-    return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=REPORTED)}
+    # 4-6. train, save, evaluate: loss, perplexity and ROUGE-1/2/L on the validation split
+    return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)
 
 
 def train_causal(ctx) -> dict:
     """SFT of a causal LM on 'Summarize the following text' chats; return loss, perplexity, ROUGE."""
     from trl import SFTConfig, SFTTrainer
 
-    from core.strategies.common import (dataset, final_metrics, last_train_loss, peft_for, quiet, save,
-                                        training_kwargs)
+    from core.strategies.common import dataset, peft_for, train_save_evaluate, training_kwargs
 
     c = ctx.config
     # 1. data: each pair as a chat whose answer is the summary
@@ -173,13 +164,5 @@ def train_causal(ctx) -> dict:
         model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=ctx.tokenizer,
         peft_config=peft_for(ctx), callbacks=ctx.callbacks)
     trainer.rouge_rows, trainer.rouge_seq2seq, trainer.rouge_max_length = ctx.eval_rows, False, c.max_length
-    quiet(trainer)
-    ctx.trainer = trainer
-    # 4. train
-    trainer.train(resume_from_checkpoint=ctx.resume_from)
-    if ctx.stopped():
-        return {}
-    # 5. save the adapter and tokenizer together
-    save(trainer, ctx)
-    # 6. evaluate
-    return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, keep=REPORTED)}
+    # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
+    return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)

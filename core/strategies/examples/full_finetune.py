@@ -28,7 +28,7 @@ class FullFineTuneStrategy:
     def train(self, ctx) -> dict:
         from trl import SFTConfig, SFTTrainer
 
-        from core.strategies.common import dataset, final_metrics, last_train_loss, quiet, save, training_kwargs
+        from core.strategies.common import dataset, train_save_evaluate, training_kwargs
         from core.strategies.sft import to_trl_rows
 
         # 1. data, in trl's shape (the same rows as SFT)
@@ -39,13 +39,5 @@ class FullFineTuneStrategy:
         # 3. trainer: no peft_config, so every weight trains
         trainer = SFTTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
-        quiet(trainer)
-        ctx.trainer = trainer
-        # 4. train (resuming from a checkpoint when asked)
-        trainer.train(resume_from_checkpoint=ctx.resume_from)
-        if ctx.stopped():
-            return {}
-        # 5. save the whole model and the tokenizer
-        save(trainer, ctx)
-        # 6. evaluate
-        return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, perplexity=True)}
+        # 4-6. train (resuming when asked), save the whole model and the tokenizer, evaluate
+        return train_save_evaluate(trainer, ctx, eval_ds, perplexity=True)
