@@ -73,6 +73,26 @@ def run_child(args: list[str], timeout: float, **env: str) -> dict:
     return json.loads(lines[-1])
 
 
+def child_main(child, argv: list[str] | None = None) -> int:
+    """The ``--child SPEC`` entry point of a benchmark module (the other side of :func:`run_child`):
+    ``child(spec)``'s result as one JSON line on stdout."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", required=True, help="the measurement's spec, as JSON")
+    args = parser.parse_args(argv)
+    print(json.dumps(child(json.loads(args.child))), flush=True)
+    return 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # -- data ---------------------------------------------------------------------------------------------
 def alpaca_path() -> Path:
     """../shared/data/alpaca_en_demo.json (999 alpaca rows), else the bundled 20-row sample."""

@@ -15,14 +15,13 @@ accelerate and bitsandbytes must not be among them.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import ROOT, child_env, figure, median, rnd
+from benchmarks import ROOT, child_env, figure, free_port, median, rnd
 
 SIZES = {"smoke": dict(reps=0, browser=False), "quick": dict(reps=3, browser=True), "full": dict(reps=7, browser=True)}
 TARGET_S = 4.0
@@ -36,12 +35,6 @@ with gr.Blocks(analytics_enabled=False) as demo:
     gr.Markdown("# Bare Gradio", elem_id="bare-header")
 demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), ssr_mode=False, quiet=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(home: str) -> dict:
@@ -64,7 +57,7 @@ def start_once(kind: str, browser=None, importtime_log: Path | None = None) -> d
     """Spawn one app; seconds from spawn to HTTP answering and to the first render."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     probe = url + ("api/health" if kind == "modelforge" else "")
     selector = "#mf-header" if kind == "modelforge" else "#bare-header"

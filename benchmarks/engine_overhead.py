@@ -22,7 +22,6 @@ Child protocol: ``python -m benchmarks.engine_overhead --child SPEC_JSON`` print
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -31,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, figure, median, n_params, rnd,
-                        run_child, setup_env)
+from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, child_main, figure, median, n_params,
+                        rnd, run_child, setup_env)
 
 SIZES = {  # reps: A/B pairs; warmup: steps skipped; steps: measured steps after the warm-up
     "smoke": dict(reps=1, warmup=1, steps=2, samples=24, batch=2, max_length=128, model="demo",
@@ -336,11 +335,7 @@ def _precision(size: dict, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", required=True)
-    args = parser.parse_args(argv)
-    print(json.dumps(_child_main(json.loads(args.child))), flush=True)
-    return 0
+    return child_main(_child_main, argv)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ per-token overheads show most).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
 import time
 from pathlib import Path
 
-from benchmarks import build_model, figure, median, rnd, run_child, setup_env
+from benchmarks import build_model, child_main, figure, median, rnd, run_child, setup_env
 
 SIZES = {
     "smoke": dict(reps=1, new_tokens=8, models=("demo",)),
@@ -137,11 +136,7 @@ def run(mode: str, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", required=True)
-    args = parser.parse_args(argv)
-    print(json.dumps(child(json.loads(args.child))), flush=True)
-    return 0
+    return child_main(child, argv)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from benchmarks import (ROOT, alpaca_path, build_model, child_env, figure, median, quantile, rnd, setup_env)
+from benchmarks import ROOT, alpaca_path, build_model, child_env, figure, free_port, median, quantile, rnd, setup_env
 
 SIZES = {
     "smoke": dict(action_calls=2, pollers=2, poll_s=1.5, browser_s=0.0, model="demo", max_samples=48),
@@ -65,14 +64,8 @@ def serve(spec: dict) -> None:
         running.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(home: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
-    spec = {"home": str(home), "port": _free_port()}
+    spec = {"home": str(home), "port": free_port()}
     env = child_env(**extra_env)
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.pop(k, None)  # the app as users run it: torch's default threads

@@ -19,15 +19,14 @@ batching (each batch flattened into one row, no truncation):
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, figure, median, n_params, rnd,
-                        run_child, setup_env)
+from benchmarks import (alpaca_path, alpaca_rows, alpaca_to_trl, build_model, child_main, figure, median, n_params,
+                        rnd, run_child, setup_env)
 
 SIZES = {
     "smoke": dict(reps=1, warmup=1, steps=1, samples=24, fraction_rows=60, batch=4, model="demo"),
@@ -221,11 +220,7 @@ def run(mode: str, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", required=True)
-    args = parser.parse_args(argv)
-    print(json.dumps(child(json.loads(args.child))), flush=True)
-    return 0
+    return child_main(child, argv)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ Child protocol: ``python -m benchmarks.validation_throughput --child SPEC_JSON``
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import alpaca_rows, figure, median, rnd, run_child, setup_env
+from benchmarks import alpaca_rows, child_main, figure, median, rnd, run_child, setup_env
 
 SIZES = {
     "smoke": dict(rows=(1_000, 2_000), reps=1),
@@ -157,11 +156,7 @@ def run(mode: str, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", required=True)
-    args = parser.parse_args(argv)
-    print(json.dumps(child(json.loads(args.child))), flush=True)
-    return 0
+    return child_main(child, argv)
 
 
 if __name__ == "__main__":

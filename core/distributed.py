@@ -132,27 +132,19 @@ def _single(config: RunConfig) -> bool:
 
 
 # -- stop: asked for by the parent, agreed by every rank --------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_file_present() -> bool:
     """In a launched worker: the parent asked to stop (the stop file exists) or the parent is gone.
 
     Always False outside a worker. A parent that died (the app killed) leaves nobody to show or
     stop the run, so the workers stop after their step and keep a checkpoint to resume from.
     """
+    from core.records import pid_alive
+
     path = os.environ.get(STOP_FILE_ENV)
     if path and os.path.exists(path):
         return True
     parent = os.environ.get(PARENT_PID_ENV)
-    return bool(parent and parent.isdigit() and not _pid_alive(int(parent)))
+    return bool(parent and parent.isdigit() and not pid_alive(int(parent)))
 
 
 def agree(flag: bool, device: Any = None) -> bool:

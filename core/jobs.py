@@ -47,9 +47,11 @@ def last_checkpoint(run_dir: str | Path) -> str | None:
 def trainer_nice() -> int:
     """How much lower the trainer thread's CPU priority is than the app's (``MODELFORGE_TRAINER_NICE``,
     default 10; 0 keeps it equal)."""
+    raw = os.environ.get("MODELFORGE_TRAINER_NICE", "10")
     try:
-        return max(0, min(19, int(os.environ.get("MODELFORGE_TRAINER_NICE", "10"))))
+        return max(0, min(19, int(raw)))
     except ValueError:
+        log.warning("MODELFORGE_TRAINER_NICE=%r is not a whole number from 0 to 19: using 10", raw)
         return 10
 
 

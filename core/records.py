@@ -185,7 +185,8 @@ def postgres_engine_args(url: str) -> tuple[str, dict[str, Any]]:
     return url, kwargs
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs on this machine (None or 0: no)."""
     if not pid:
         return False
     try:
@@ -400,7 +401,7 @@ class RecordStore:
         with Session(self.writer) as s:
             for run in s.exec(select(Run).where(Run.status.in_(ACTIVE)).with_for_update()):
                 same_host = run.host in (None, host)
-                dead = (same_host and not _pid_alive(run.pid)) or (
+                dead = (same_host and not pid_alive(run.pid)) or (
                     run.heartbeat_at is not None and now - _aware(run.heartbeat_at) > STALE_AFTER)
                 if dead:
                     run.status = "interrupted"

@@ -8,7 +8,6 @@ chat with it, while /api/health keeps answering.
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from core.paths import EXAMPLES
+from tests.helpers import served_app
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +24,10 @@ RUN = {"max_steps": 16, "batch_size": 4, "max_length": 128, "logging_steps": 2, 
        "name": "api-identity"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(mf_home, demo_model, tmp_path_factory):
-    from app.services import build_services
-    from app.ui import launch
-
-    services = build_services(f"sqlite:///{tmp_path_factory.mktemp('apidb') / 'records.db'}")
-    running = launch(host="127.0.0.1", port=_free_port(), block=False, services=services)
-    yield running.url
-    running.close()
+    with served_app(tmp_path_factory.mktemp("apidb") / "records.db") as (running, _):
+        yield running.url
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.malformed.make_corpus import CASES, HERE as CORPUS, build
+from tests.helpers import served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 BY_NAME = {c.name: c for c in CASES}
@@ -238,25 +238,14 @@ def test_upload_handler_refuses_a_file_over_the_size_limit(upload_handler, tmp_p
 
 
 # -- the running app through gradio_client ----------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, demo_model):
     from gradio_client import Client
 
-    from app.services import build_services
-    from app.ui import launch
-
-    services = build_services(f"sqlite:///{tmp_path_factory.mktemp('badapi') / 'records.db'}")
-    running = launch(host="127.0.0.1", port=_free_port(), block=False, services=services)
-    client = Client(running.url, verbose=False)
-    yield client, services.store
-    client.close()
-    running.close()
+    with served_app(tmp_path_factory.mktemp("badapi") / "records.db") as (running, services):
+        client = Client(running.url, verbose=False)
+        yield client, services.store
+        client.close()
 
 
 @pytest.mark.parametrize("name", NAMES)

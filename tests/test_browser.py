@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from tests.helpers import served_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -25,12 +25,6 @@ SHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +43,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def app_url(mf_home, demo_model, tmp_path_factory):
-    from app.services import build_services
-    from app.ui import launch
-
-    services = build_services(f"sqlite:///{tmp_path_factory.mktemp('browserdb') / 'records.db'}")
-    running = launch(host="127.0.0.1", port=_free_port(), block=False, services=services)
-    yield running.url
-    running.close()
+    with served_app(tmp_path_factory.mktemp("browserdb") / "records.db") as (running, _):
+        yield running.url
 
 
 def _tab(page, name: str):

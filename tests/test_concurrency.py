@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.jobs import JobManager
 from core.paths import EXAMPLES, home
 from core.records import ModelRecord, RecordStore, new_id
+from tests.helpers import served_app
 
 
 def _config(**kw) -> RunConfig:
@@ -159,21 +159,10 @@ def test_a_resume_in_the_instant_a_run_ends_is_not_lost(ctx, monkeypatch):
 
 
 # -- the running app -----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, demo_model):
-    from app.services import build_services
-    from app.ui import launch
-
-    services = build_services(f"sqlite:///{tmp_path_factory.mktemp('concapi') / 'records.db'}")
-    running = launch(host="127.0.0.1", port=_free_port(), block=False, services=services)
-    yield running.url, services
-    running.close()
+    with served_app(tmp_path_factory.mktemp("concapi") / "records.db") as (running, services):
+        yield running.url, services
 
 
 def test_two_clients_start_at_once_through_the_api(app):
@@ -342,3 +331,5 @@ def test_the_trainer_thread_runs_at_a_lower_cpu_priority_than_the_app(ctx, monke
     assert seen["trainer"] == min(19, before + 7)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # only that thread
     assert jobs_mod.lower_thread_priority(0) is False
+    monkeypatch.setenv("MODELFORGE_TRAINER_NICE", "high")  # a typo: the default, and a warning in the log
+    assert jobs_mod.trainer_nice() == 10

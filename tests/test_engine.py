@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 
 from core.config import RunConfig
 from core.engine import prepare_run, run_training

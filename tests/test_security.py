@@ -26,15 +26,10 @@ from core.errors import ModelForgeError, OfflineError
 from core.jobs import JobManager
 from core.paths import home
 from core.records import ModelRecord, RecordStore, new_id
+from tests.helpers import free_port
 
 FAKE_TOKEN = "hf_FAKEtokenNEVERtoBEstored0123456789abcd"
 USER, PASSWORD = "ada", "a-long-password-42"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _add_model(store: RecordStore, path: Path, name: str = "m1", model_id: str | None = None) -> str:
@@ -62,7 +57,7 @@ def locked_app(tmp_path_factory, demo_model):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODELFORGE_MAX_UPLOAD_MB", "1")
         services = build_services(f"sqlite:///{tmp_path_factory.mktemp('secapi') / 'records.db'}")
-        running = launch(host="127.0.0.1", port=_free_port(), block=False, services=services,
+        running = launch(host="127.0.0.1", port=free_port(), block=False, services=services,
                          auth=f"{USER}:{PASSWORD}")
     folder = home() / "runs" / "sec-run" / "model"
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,7 +108,7 @@ def test_share_and_space_refuse_to_start_without_a_login(monkeypatch, capsys):
     from app.main import main
     from app.ui import launch
 
-    port = _free_port()
+    port = free_port()
     monkeypatch.delenv("MODELFORGE_AUTH", raising=False)
     with pytest.raises(ModelForgeError, match="without a login"):
         launch(port=port, share=True, block=False)

@@ -25,7 +25,6 @@ import gc
 import json
 import os
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import pytest
 
 from core.paths import EXAMPLES
 from tests.fixtures.malformed.make_corpus import CASES, HERE as CORPUS
+from tests.helpers import free_port
 
 MINUTES = float(os.environ.get("MODELFORGE_SOAK_MINUTES", "10"))
 RSS_BOUND_MB = float(os.environ.get("MODELFORGE_SOAK_RSS_MB", "300"))
@@ -43,12 +43,6 @@ RUN = {"max_steps": 12, "batch_size": 2, "max_length": 64, "logging_steps": 1, "
        "save_total_limit": 2, "validation_split": 0.0}
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(MINUTES * 60) + 900)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Soak:
@@ -207,7 +201,7 @@ def test_soak(tmp_path, demo_model):
     fault_log = fault_log_path()
     faults_before = fault_log.read_text() if fault_log.exists() else ""
     services = build_services(f"sqlite:///{tmp_path / 'soak.db'}")
-    running = launch(host="127.0.0.1", port=_free_port(), block=False, services=services)
+    running = launch(host="127.0.0.1", port=free_port(), block=False, services=services)
     soak = Soak(running.url)
     threads = [threading.Thread(target=driver, args=(soak,), name="soak-driver"),
                threading.Thread(target=uploader, args=(soak,), name="soak-uploader"),
