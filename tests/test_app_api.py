@@ -19,8 +19,8 @@ from tests.helpers import served_app
 
 pytestmark = pytest.mark.slow
 
-# Small and fast: ~16 optimizer steps of 4 short examples on the demo model.
-RUN = {"max_steps": 16, "batch_size": 4, "max_length": 128, "logging_steps": 2, "save_steps": 100,
+# Small and fast: 80 optimizer steps of 4 short examples on the demo model (a few seconds).
+RUN = {"max_steps": 80, "batch_size": 4, "max_length": 128, "logging_steps": 2, "save_steps": 100,
        "name": "api-identity"}
 
 
@@ -103,11 +103,19 @@ def test_train_stop_resume_chat(client, app_url):
     assert httpx.get(app_url + "api/health", timeout=10).json()["training"] in (run_id, None)
     assert time.time() - t0 < 5, "health must answer while training"
     if status["status"] == "running":
-        client.predict(run_id=run_id, api_name="/stop_training")
-        stopped = _wait(client, run_id, lambda s: s["done"])
-        assert stopped["status"] == "cancelled", stopped
-        resumed = client.predict(run_id=run_id, api_name="/resume_training")
-        assert resumed["run_id"] == run_id
+        # 80 steps leave seconds between "running" and the stop; should the run still end first
+        # (a stalled test process), the stop must say so clearly instead of failing silently.
+        from gradio_client.exceptions import AppError
+
+        try:
+            client.predict(run_id=run_id, api_name="/stop_training")
+        except AppError as exc:
+            assert "is not training (it is completed)" in str(exc), exc
+        else:
+            stopped = _wait(client, run_id, lambda s: s["done"])
+            assert stopped["status"] == "cancelled", stopped
+            resumed = client.predict(run_id=run_id, api_name="/resume_training")
+            assert resumed["run_id"] == run_id
     done = _wait(client, run_id, lambda s: s["status"] == "completed" or (s["done"] and s["status"] != "cancelled"))
     assert done["status"] == "completed", done
     assert done["loss"] is not None and done["step"] == RUN["max_steps"] and done["model_id"]
