@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 
 from components.common import (AppContext, default_config, endpoint, guard, load_preset, log,
-                               mapping_to_text, preset_names, problems_markdown, resolve_dataset)
+                               mapping_to_text, preset_names, problems_markdown, public_problems, resolve_dataset)
 from core.config import RunConfig, config_fields, field_choices, from_yaml, to_yaml
 from core.errors import ConfigError, ModelForgeError, Problem
 
@@ -201,6 +201,9 @@ def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) 
         config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
     except ModelForgeError as exc:
         return PreflightResult(False, [Problem(exc.message, exc.hint, field="dataset")], config=config)
+    refused = public_problems(ctx, config)  # a public app: checked before any file is read
+    if refused:
+        return PreflightResult(False, refused, config=config)
     problems = preflight(config)
     mem_ok, mem = memory_check(config) if with_memory else (None, "")
     return PreflightResult(not problems, list(problems), mem_ok, mem, config)

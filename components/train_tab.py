@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import (AppContext, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
+from components.common import (AppContext, check_public, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
                                resolve_dataset, warn)
 from core.config import RunConfig
 from core.errors import BusyError, ConfigError, ModelForgeError, NotFoundError
@@ -267,7 +267,7 @@ def start_training(ctx: AppContext, config: RunConfig) -> dict:
     from components.configure_tab import memory_check
     from core.engine import preflight
 
-    config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
+    config = check_public(ctx, config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths)))
     problems = preflight(config)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) must be fixed before training",
