@@ -280,7 +280,13 @@ def cmd_generate(args) -> int:
     from core.errors import NotFoundError
     from core.inference import generate, load_model
 
-    target = args.model
+    from core.limits import MAX_NEW_TOKENS, check_text, float_in_range, int_in_range
+
+    args.max_new_tokens = int_in_range(args.max_new_tokens, "--max-new-tokens", 1, MAX_NEW_TOKENS)
+    args.temperature = float_in_range(args.temperature, "--temperature", 0.0, 2.0)
+    check_text(args.prompt, "prompt")
+    check_text(args.context, "context")
+    target = check_text(args.model, "model")
     if not Path(target).expanduser().exists() and target != "demo":
         store = _services().store
         try:

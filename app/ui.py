@@ -7,8 +7,12 @@ endpoints, and mounts it all on a FastAPI app with the REST routes. ``launch`` s
 with uvicorn (``modelforge ui``), and opens a share link on request.
 
 Security: a share link or a Hugging Face Space is public, so it asks for a login (``--auth``
-or ``MODELFORGE_AUTH``) unless the owner passes ``--no-auth``; otherwise it refuses to start.
-Public apps also read data only from uploads, the bundled examples and the data folder. The
+or ``MODELFORGE_AUTH``; on a Space with ``hf_oauth`` "Sign in with Hugging Face" for the owner
+and ``MODELFORGE_ALLOWED_USERS``) unless the owner passes ``--no-auth``; otherwise it refuses to
+start. In a public app a guest reaches only what it uploaded: ``app/access.py`` refuses any
+FileData that is not one of this app's uploads before Gradio copies it, and
+``core/public_mode.py`` refuses server folders as model/dataset/reward_model and any
+output_dir (the README's "Private and public mode" lists it all). The
 login covers the page, the uploads and every named API endpoint (``/api/health`` and
 ``/api/info`` stay open: they carry no user data). Uploads are capped at
 ``MODELFORGE_MAX_UPLOAD_MB`` (default 200; Gradio refuses bigger files with HTTP 413).

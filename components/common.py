@@ -36,6 +36,7 @@ PRESETS_DIR = ASSETS / "presets"
 DEFAULT_PRESET = "identity-demo"
 DEFAULT_EXAMPLE = "identity.json"
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+MAX_LOGGED = 20_000  # characters of one traceback written to the app log
 
 
 # -- the model cache ------------------------------------------------------------------------------
@@ -145,9 +146,12 @@ def fault_log_path() -> Path:
 def _log_fault(where: str) -> str:
     """Write the current traceback to the app log (never to the page); return the log path."""
     path = fault_log_path()
+    text = traceback.format_exc()
+    if len(text) > MAX_LOGGED:  # a huge input inside the message must not fill the disk, call by call
+        text = text[:MAX_LOGGED // 2] + f"\n[... {len(text) - MAX_LOGGED:,} characters cut ...]\n" + text[-MAX_LOGGED // 2:]
     try:
         with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- unexpected fault in {where}\n{traceback.format_exc()}\n")
+            fh.write(f"--- unexpected fault in {where}\n{text}\n")
     except OSError:
         log.error("unexpected fault in %s:\n%s", where, traceback.format_exc())
     return str(path)
@@ -191,10 +195,31 @@ def guard(fn: Callable) -> Callable:
     return wrapped
 
 
+def check_text_args(fn: Callable, args: tuple, kwargs: dict) -> None:
+    """Refuse any text argument over its length limit, by parameter name, before the handler runs.
+
+    A 10 MB "dataset" or "run_id" must be answered with the field's limit, not echoed back or
+    turned into "File name too long" (see ``core.limits``).
+
+    Raises:
+        ConfigError: naming the parameter, the length and the limit.
+    """
+    from core.limits import check_text
+
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return
+    for name, value in bound.arguments.items():
+        if isinstance(value, str):
+            check_text(value, name)
+
+
 def _gen_guard(fn: Callable, where: str) -> Callable:
     @functools.wraps(fn)
     def gen_wrapper(*args, **kwargs):
         try:
+            check_text_args(fn, args, kwargs)
             yield from fn(*args, **kwargs)
         except gr.Error:
             raise
@@ -207,6 +232,7 @@ def _plain_guard(fn: Callable, where: str) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_text_args(fn, args, kwargs)
             return fn(*args, **kwargs)
         except gr.Error:
             raise

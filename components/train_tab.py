@@ -22,6 +22,7 @@ import gradio as gr
 from components.common import (AppContext, check_public, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
                                resolve_dataset, warn)
 from core.config import RunConfig
+from core.limits import clip
 from core.errors import BusyError, ConfigError, ModelForgeError, NotFoundError
 
 TERMINAL = ("completed", "failed", "cancelled", "interrupted")
@@ -179,7 +180,8 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
     try:
         run = ctx.store.get_run(run_id)
     except NotFoundError:
-        return RunView(run_id=run_id, status="unknown", error=f"no run with id {run_id}")
+        shown = clip(run_id, 80)  # never echo a huge id back
+        return RunView(run_id=shown, status="unknown", error=f"no run with id {shown}")
     events = ctx.jobs.events(run_id, 0)
     v = RunView(run_id=run_id, name=run.name, status=run.status, step=run.last_step, total=run.total_steps,
                 model_id=run.model_id, n_events=len(events),

@@ -78,8 +78,12 @@ def check_text(value: str, name: str, limit: int | None = None) -> str:
 
 
 def limit_for(name: str) -> int:
-    return MAX_LONG_TEXT if name in ("system_prompt", "message", "prompt", "document", "context",
-                                     "question", "system") else MAX_TEXT
+    return MAX_LONG_TEXT if name in LONG_TEXT_FIELDS else MAX_TEXT
+
+
+# Free text (a message, a document) rather than a name, an id or a path.
+LONG_TEXT_FIELDS = frozenset({"system_prompt", "message", "msg", "prompt", "document", "doc", "context", "ctx_text",
+                              "question", "q", "system", "sys_prompt"})
 
 
 def check_yaml_text(text: str, source: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from core.paths import home
 from tests.helpers import served_app
 
 USER, PASSWORD = "guest", "a-long-guest-password"
-MARKER = "SERVER-SECRET-7f3a9c"
+MARKER = f"SERVER-SECRET-{uuid.uuid4().hex[:12]}"  # per session: Gradio's temp folder outlives a run
 REFUSED = "(?i)does not read files from the server|not a file you uploaded|not allowed in this public app|public app"
 
 
@@ -237,3 +238,32 @@ def test_raw_http_gets_the_same_refusals(public):
                 assert "event: error" in stream, (route, stream[:400])
             assert MARKER not in stream
     assert store.list_runs() == []
+
+
+@pytest.mark.parametrize("api_name,args", [
+    ("/model_details", {"model_id": "HOSTILE"}),
+    ("/delete_model", {"model_id": "HOSTILE", "confirm": True}),
+    ("/resume_training", {"run_id": "HOSTILE"}),
+    ("/stop_training", {"run_id": "HOSTILE"}),
+    ("/training_status", {"run_id": "HOSTILE"}),
+    ("/chat", {"model_id": "HOSTILE", "message": "hi"}),
+    ("/generate", {"model_id": "HOSTILE", "prompt": "hi"}),
+    ("/summarize", {"model_id": "HOSTILE", "document": "a text"}),
+    ("/answer", {"model_id": "HOSTILE", "context": "a text", "question": "q"}),
+    ("/push_to_hub", {"model_id": "HOSTILE", "repo_id": "me/x", "token": "hf_x"}),
+    ("/hardware", {"task": "HOSTILE"}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_ids_and_names_are_never_paths(public, api_name, args):
+    """Every endpoint that takes a model or run id looks it up in the records, never on disk."""
+    from gradio_client.exceptions import AppError
+
+    url, client, store, paths = public
+    for hostile in (str(paths["secret"]), "../../../../etc/passwd", "~/.ssh/id_rsa", str(paths["model_dir"]),
+                    str(paths["link"])):
+        call = {k: (hostile if v == "HOSTILE" else v) for k, v in args.items()}
+        with pytest.raises(AppError) as exc:
+            client.predict(**call, api_name=api_name)
+        text = str(exc.value)
+        assert MARKER not in text and "Traceback" not in text and "Unexpected error" not in text, text[:300]
+    assert paths["secret"].exists() and paths["model_dir"].exists()
+    _nothing_leaked(store, paths)
