@@ -343,11 +343,12 @@ def build(ctx: AppContext) -> PlaygroundTab:
     chat_inputs = [model, message, tuned, base, max_new, temperature, top_p, system, compare]
     model.change(guard(_describe), model, [about, chat_group, sum_group, qa_group, tuned, base],
                  api_visibility="private")
-    send.click(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private")
-    message.submit(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private")
+    pool = dict(concurrency_limit=chat_concurrency(), concurrency_id="generation")  # shared with the API
+    send.click(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private", **pool)
+    message.submit(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private", **pool)
     clear.click(lambda: ([], []), None, [tuned, base], api_visibility="private")
-    summarize_btn.click(guard(_summarize), [model, document, max_new], summary, api_visibility="private")
-    ask.click(guard(_answer), [model, context, question], answer_box, api_visibility="private")
+    summarize_btn.click(guard(_summarize), [model, document, max_new], summary, api_visibility="private", **pool)
+    ask.click(guard(_answer), [model, context, question], answer_box, api_visibility="private", **pool)
     return PlaygroundTab(model=model, refresh=refresh, about=about)
 
 

@@ -7,7 +7,6 @@ the events file says so, and only a completed run gets a model record.
 
 from __future__ import annotations
 
-import errno
 import gc
 import json
 import logging
@@ -147,8 +146,37 @@ def memory_problems(config: RunConfig) -> list:
                     field="model")]
 
 
-# Besides checkpoints and the adapter: tokenizer files, trainer state, logs, events, config.
-DISK_SLACK_BYTES = 64 * 2**20
+# Besides weights and optimizer state, each checkpoint (and the final model) holds the tokenizer
+# files and small ones (trainer state, scheduler, RNG state, training args, README: ~20 KB
+# measured on the demo); the run folder holds events, train.log and config.yaml. Measured, not a
+# fixed 64 MiB that refused every run on a small disk.
+CHECKPOINT_SMALL_FILES_BYTES = 256 * 2**10
+DISK_SLACK_BYTES = 2 * 2**20             # events.jsonl, train.log, config.yaml of one run
+HUB_TOKENIZER_BYTES = 16 * 2**20         # a hub model's tokenizer files, unknown offline (Llama 3: ~9 MB)
+_TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja")
+
+
+def tokenizer_bytes(model: str) -> int:
+    """Size of the tokenizer files every checkpoint copies: measured for a local folder or the demo."""
+    from core.demo_model import DEMO_ALIASES, DEMO_NAME
+    from core.paths import cache_dir
+
+    name = (model or "").strip()
+    if name.lower() == DEMO_NAME or name.lower() in DEMO_ALIASES:
+        folders = [p for p in cache_dir().glob("demo*") if p.is_dir()]
+        if not folders:
+            return 2**20  # not built yet: the demo tokenizers are a few hundred KB
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return HUB_TOKENIZER_BYTES
+        folders = [folder]
+    try:
+        return max(sum(f.stat().st_size for pattern in _TOKENIZER_FILES for f in d.glob(pattern) if f.is_file())
+                   for d in folders)
+    except OSError:
+        return HUB_TOKENIZER_BYTES
 
 
 def checkpoint_bytes(config: RunConfig) -> int | None:
@@ -169,8 +197,9 @@ def checkpoint_bytes(config: RunConfig) -> int | None:
         trainable = estimate_for_run(config, model_config).trainable_params
     except ModelForgeError:
         return None
-    per_checkpoint = trainable * (4 + 8)
-    total = (config.save_total_limit + 1) * per_checkpoint + trainable * 4
+    files = tokenizer_bytes(config.model) + CHECKPOINT_SMALL_FILES_BYTES
+    per_checkpoint = trainable * (4 + 8) + files
+    total = (config.save_total_limit + 1) * per_checkpoint + trainable * 4 + files
     if config.strategy == "rlhf":
         total *= 2
     return int(total) + DISK_SLACK_BYTES
@@ -198,11 +227,14 @@ def disk_problems(config: RunConfig) -> list:
         return []
     if needed <= free:
         return []
-    gib = 2**30
-    return [Problem(f"this run writes about {needed / gib:.2f} GiB of checkpoints and model, but only "
-                    f"{free / gib:.2f} GiB is free on the disk of {where}",
+    return [Problem(f"this run writes about {_size(needed)} of checkpoints and model, but only "
+                    f"{_size(free)} is free on the disk of {where}",
                     f"free disk space, lower save_total_limit (now {config.save_total_limit}), or set "
                     "output_dir (or MODELFORGE_HOME) to a larger disk", field="output_dir")]
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def checkpoint_complete(path: str | Path) -> bool:
@@ -272,7 +304,9 @@ def _train_dtype(config: RunConfig, device: str) -> str:
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    from core.faults import QuietFileHandler
+
+    handler = QuietFileHandler(run_dir / "train.log", encoding="utf-8")  # a full disk: no "Logging error" spam
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("modelforge", "transformers", "trl", "peft"):
         logging.getLogger(name).addHandler(handler)
@@ -374,11 +408,13 @@ def run_training(
     except Exception as exc:  # noqa: BLE001 - turn every fault into a failed run, with the traceback logged
         log.error("run %s crashed:\n%s", run_id, traceback.format_exc())
         message, hint = _explain(exc)
-        if _disk_full(exc):
-            removed = _remove_incomplete_checkpoints(run_dir)
-            if removed:
-                message += f"; the half-written {', '.join(sorted(removed))} was removed"
-        return _fail(store, events, run_id, run_dir, message, hint, exc, fault=not _environment_fault(exc))
+        if _disk_full(exc, run_dir):
+            from core.faults import disk_full_message
+
+            # First free what the failed save left, so that the failure itself can be recorded.
+            message, hint = disk_full_message(run_dir, _remove_incomplete_checkpoints(run_dir))
+        return _fail(store, events, run_id, run_dir, message, hint, exc,
+                     fault=not (_environment_fault(exc) or _disk_full(exc, run_dir)))
     finally:
         _detach_log_file(handler)
         ctx = None  # the model, optimizer and trainer go now, not at the next run: after an
@@ -468,17 +504,11 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """No space left (ENOSPC) or over quota (EDQUOT), also when a library wrapped the OSError."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-            return True
-        if "no space left on device" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _disk_full(exc: BaseException, where: Path | None = None) -> bool:
+    """No space left (ENOSPC, EDQUOT, torch's writer failing on a full disk): see core.faults."""
+    from core.faults import disk_full
+
+    return disk_full(exc, where)
 
 
 def _environment_fault(exc: BaseException) -> bool:
@@ -508,7 +538,10 @@ def _fail(store, events, run_id, run_dir, message, hint, exc, fault: bool) -> Ru
     except Exception:  # noqa: BLE001 - the events file still says what happened
         log.error("could not record failure of %s:\n%s", run_id, traceback.format_exc())
     problems = [p.to_dict() for p in getattr(exc, "problems", [])]
-    events.emit("failed", message=message, hint=hint, problems=problems)
+    try:
+        events.emit("failed", message=message, hint=hint, problems=problems)
+    except OSError:  # the disk is full: the record (and the caller) still say how the run ended
+        log.error("could not write the failure of %s to its events file", run_id)
     return RunResult(run_id, "failed", str(run_dir), error=message, hint=hint, fault=fault)
 
 

@@ -17,13 +17,17 @@ ASSETS = REPO_ROOT / "assets"
 EXAMPLES = ASSETS / "examples"
 
 
-def home() -> Path:
+def home_path() -> Path:
+    """The data folder's path (not created): MODELFORGE_HOME, else the user's data folder."""
     env = os.environ.get("MODELFORGE_HOME")
     if env:
-        root = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        root = Path(base) / "modelforge"
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "modelforge"
+
+
+def home() -> Path:
+    root = home_path()
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
 
