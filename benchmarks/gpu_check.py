@@ -222,6 +222,67 @@ def run_leg(name: str, spec: dict, env: dict, timeout: int) -> dict:
     return got
 
 
+# -- calibration of the memory estimate: what one layer and the head need, measured ----------------
+CALIBRATION = [  # (layers, lora_dropout, gradient_checkpointing, seq_len)
+    (2, 0.0, False, 512), (4, 0.0, False, 512), (2, 0.05, False, 512), (4, 0.05, False, 512),
+    (2, 0.05, True, 512), (4, 0.05, True, 512), (2, 0.05, False, 1024), (4, 0.05, False, 1024),
+]
+
+
+def calibrate(spec: dict) -> dict:
+    """Peak memory of one training step above the model + adapters + optimizer, per configuration.
+
+    The model is ``spec["shape"]`` with fewer layers (built on the device, random), LoRA r=16 on all
+    linear layers, bf16 weights under bf16 autocast (how trl trains), AdamW. Two layer counts per
+    setting give the cost of one layer (the difference) and of everything else (embeddings, head,
+    logits and loss): the two terms of :func:`core.memory.estimate`'s activations.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cuda = torch.cuda.is_available()  # the CPU (dry run) checks the plumbing; its figures mean nothing
+    device = "cuda" if cuda else "cpu"
+    out = []
+    for layers, dropout, ckpt, seq in CALIBRATION:
+        if cuda:
+            torch.cuda.empty_cache()
+        config = LlamaConfig(**{**spec["shape"], "num_hidden_layers": layers})
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=dropout,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        ids = torch.randint(0, config.vocab_size, (spec["batch_size"], min(seq, spec["max_length"] * 4)), device=device)
+
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # the optimizer's states now exist
+        base = peak = 0
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        out.append({"layers": layers, "lora_dropout": dropout, "gradient_checkpointing": ckpt,
+                    "seq_len": ids.shape[1], "batch_size": spec["batch_size"], "static_gib": base / GIB,
+                    "step_gib": (peak - base) / GIB})
+        del model, opt, ids
+    return {"status": "ok", "points": out}
+
+
 # -- ModelForge's own path: the CLI, as a user runs it ------------------------------------------------
 ENGINE_LEGS = {
     # name: the flags beyond the common ones, and what it needs installed
@@ -296,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install-only", action="store_true", help="install the wheels into --site, then stop")
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--only", default=",".join([*LEGS, *ENGINE_LEGS]),
-                        help=f"legs to run, of: {', '.join([*LEGS, *ENGINE_LEGS])}")
+                        help=f"legs to run, of: {', '.join([*LEGS, *ENGINE_LEGS, 'calibrate'])}")
     parser.add_argument("--engine-steps", type=int, default=None, help="steps per engine leg (default 30, 3 dry)")
     parser.add_argument("--dry-run", action="store_true", help="the tiny model on the CPU: checks the plumbing")
     parser.add_argument("--steps", type=int, default=None, help="steps per leg (default 12 on a GPU, 2 dry)")
@@ -310,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.leg:
         try:
-            out = leg(json.loads(args.leg))
+            spec = json.loads(args.leg)
+            out = calibrate(spec) if spec["leg"] == "calibrate" else leg(spec)
         except Exception as exc:  # noqa: BLE001 - a leg that cannot run says why; the others go on
             from core.errors import NotAvailableError
 
@@ -367,6 +429,13 @@ def main(argv: list[str] | None = None) -> int:
                           else {"error": f"exit {code}: {err}"})
     print(f"hardware: {json.dumps(report['hardware'])[:400]}", file=sys.stderr, flush=True)
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        if name == "calibrate":  # on the CPU (dry run) only the plumbing: its figures are zeros
+            got = run_leg(name, {**spec, "shape": shape}, env, args.timeout)
+            report["calibration"] = got
+            save(report, args.out, start)
+            print(f"calibrate      {got['status']:<8} " + json.dumps(got.get("points", got.get("detail")))[:1500],
+                  file=sys.stderr, flush=True)
+            continue
         if name in ENGINE_LEGS:
             lack = missing(ENGINE_LEGS[name][1], env)
             got = ({"status": "skipped", "detail": f"not installed here: {', '.join(lack)}"} if lack
@@ -388,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         est = estimate(model_config, quantization=quant, lora_r=16, lora_targets="all-linear",
                        batch_size=spec["batch_size"], seq_len=spec["max_length"],
                        gradient_checkpointing=spec["gradient_checkpointing"], dtype=precision,
-                       device="cpu" if dry else "cuda")
+                       device="cpu" if dry else "cuda", lora_dropout=0.0, chunked_loss=True)
         got["estimate_gib"] = est.total / GIB
         measured = got.get("peak_rss_gib" if dry else "max_allocated_gib")
         if measured:

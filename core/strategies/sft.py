@@ -51,6 +51,9 @@ class SFTStrategy:
     tasks: tuple[str, ...] = ("text-generation", "summarization", "extractive-qa")
     data_kinds: tuple[str, ...] = ("conversation", "text", "summarization", "qa")
     quantization: str | None = None  # qlora forces "4bit"
+    # trl's SFTTrainer computes the loss in chunks of 256 tokens (loss_type "chunked_nll", its
+    # default): the batch's full logits never exist, which the memory estimate must know.
+    chunked_loss: bool = True
 
     def available(self) -> tuple[bool, str]:
         if self.quantization:
