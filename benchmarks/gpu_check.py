@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--only", default=",".join([*LEGS, *ENGINE_LEGS]),
                         help=f"legs to run, of: {', '.join([*LEGS, *ENGINE_LEGS, 'calibrate'])}")
-    parser.add_argument("--engine-steps", type=int, default=None, help="steps per engine leg (default 30, 3 dry)")
+    parser.add_argument("--engine-steps", type=int, default=None, help="steps per engine leg (default 30, 8 dry)")
     parser.add_argument("--dry-run", action="store_true", help="the tiny model on the CPU: checks the plumbing")
     parser.add_argument("--steps", type=int, default=None, help="steps per leg (default 12 on a GPU, 2 dry)")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = {"precision": precision, "steps": args.steps or (2 if dry else 12), "warmup": 0 if dry else 3,
             "batch_size": args.batch_size or (2 if dry else 4), "max_length": args.max_length or (64 if dry else 512),
             "gradient_checkpointing": args.gradient_checkpointing, "work": str(work),
-            "engine_steps": args.engine_steps or (3 if dry else 30),
+            "engine_steps": args.engine_steps or (8 if dry else 30),
             "model_dir": str(work / "model"), "data": str(work / "rows.jsonl")}
     write_rows(Path(spec["data"]), rows=spec["batch_size"] * spec["steps"] + 4, words=spec["max_length"] * 2)
     build = subprocess.run([sys.executable, __file__, "--build", json.dumps({"shape": shape, "dir": spec["model_dir"],

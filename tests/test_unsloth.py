@@ -327,7 +327,8 @@ def test_gpu_check_dry_run(tmp_path):
     """benchmarks/gpu_check.py --dry-run: the tiny model through both providers on the CPU; the
     unsloth leg runs where the extra is installed (CPU opt-in) and is skipped, saying why, elsewhere."""
     env = {**os.environ, up.CPU_ENV: "1"}
-    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--only", "hf-lora,unsloth-lora",
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--only",
+                          "hf-lora,unsloth-lora,engine-lora,calibrate",
                           "--wheels", str(tmp_path / "none"), "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -341,6 +342,12 @@ def test_gpu_check_dry_run(tmp_path):
     else:
         assert us["status"] == "skipped" and "unsloth" in us["detail"]
     assert "| hf-lora | ok |" in (tmp_path / "gpu_check.md").read_text()
+    # The engine leg: `modelforge train` then `generate` with the adapter (the records) and --base.
+    engine = report["engine"]["engine-lora"]
+    assert engine["status"] == "ok" and engine["exit"] == 0 and engine["adapter_reloads"], engine
+    assert engine["model_id"].startswith("model-") and set(engine["answers"]) == {"tuned", "base"}
+    assert report["hardware"]["device"] == "cpu" and report["hardware"]["auto_precision"] == "fp32"
+    assert len(report["calibration"]["points"]) == 8  # on the CPU only the plumbing (zeros)
 
 
 APP_RUN = """
