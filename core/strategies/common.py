@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
-    from core.engine import TrainContext
+    from core.run import TrainContext
 
 
 # Task heads that start untrained: trained fully and saved with the adapter, never given LoRA
@@ -111,7 +111,7 @@ def last_train_loss(trainer) -> float | None:
 
 def peft_for(ctx: "TrainContext", task_type: str = "CAUSAL_LM"):
     """The LoRA config for the trainer, or None when the provider already applied LoRA (unsloth)."""
-    if getattr(ctx.model, "_modelforge_peft_applied", False):
+    if ctx.adapter_applied:
         return None
     return lora_config(ctx.config, task_type)
 

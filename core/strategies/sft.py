@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import Problem
+from core.plugins import LORA, MemoryProfile
+
 
 def to_trl_rows(rows: list[dict]) -> list[dict]:
     out = []
@@ -50,6 +53,11 @@ class SFTStrategy:
                         "document/summary pairs; SQuAD-style questions")
     tasks: tuple[str, ...] = ("text-generation", "summarization", "extractive-qa")
     data_kinds: tuple[str, ...] = ("conversation", "text", "summarization", "qa")
+    # Summaries train a chat model as conversations; input/output pairs are document/summary pairs.
+    data_converts: tuple[tuple[str, str], ...] = (("summarization", "conversation"), ("input-output", "summarization"))
+    memory: MemoryProfile = LORA
+    own_process: bool = False
+    multi_process: bool = True
     quantization: str | None = None  # qlora forces "4bit"
 
     def available(self) -> tuple[bool, str]:
@@ -59,6 +67,13 @@ class SFTStrategy:
             if importlib.util.find_spec("bitsandbytes") is None:
                 return False, "needs bitsandbytes (pip install bitsandbytes)"
         return True, ""
+
+    def config_problems(self, config) -> list[Problem]:
+        if self.quantization and config.quantization not in ("none", self.quantization):
+            return [Problem(f"{self.name} means a {self.quantization} base; {config.quantization} contradicts it",
+                            f"use strategy sft with quantization {config.quantization}, or quantization "
+                            f"{self.quantization}", field="quantization")]
+        return []
 
     def adjust_config(self, config):
         if self.quantization and config.quantization != self.quantization:
@@ -93,9 +108,16 @@ class SFTStrategy:
             dataset_num_proc=None,
         )
         # 3. trainer, with LoRA unless the provider already applied it (unsloth)
-        peft = None if getattr(ctx.model, "_modelforge_peft_applied", False) else lora_config(c)
+        peft = None if ctx.adapter_applied else lora_config(c)
         trainer = with_perplexity(SFTTrainer)(
             model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
         # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
         return train_save_evaluate(trainer, ctx, eval_ds, keep=("eval_loss",))
+
+
+def qlora() -> SFTStrategy:
+    """QLoRA: SFT with LoRA on a 4-bit NF4 base, offered by name (any strategy can also use
+    ``quantization: 4bit``)."""
+    return SFTStrategy(name="qlora", quantization="4bit",
+                       description="SFT with LoRA on a 4-bit NF4 base (bitsandbytes)")
