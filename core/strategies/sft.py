@@ -93,7 +93,8 @@ class SFTStrategy:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from core.strategies.common import lora_config, train_save_evaluate, training_kwargs, with_perplexity
+        from core.strategies.common import (lora_config, perplexity_scorer, train_save_evaluate, training_kwargs,
+                                            with_eval_metrics)
 
         c = ctx.config
         # 1. data, in trl's shape
@@ -109,7 +110,7 @@ class SFTStrategy:
         )
         # 3. trainer, with LoRA unless the provider already applied it (unsloth)
         peft = None if ctx.adapter_applied else lora_config(c)
-        trainer = with_perplexity(SFTTrainer)(
+        trainer = with_eval_metrics(SFTTrainer, perplexity_scorer)(
             model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
         # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
