@@ -139,11 +139,10 @@ def write_rows(path: Path, rows: int, words: int) -> None:
 def leg(spec: dict) -> dict:
     """Train ``steps`` SFT steps with one provider; time the steps after ``warmup``; peak memory."""
     provider_name, quant = LEGS[spec["leg"]]
-    from core.providers import registry
+    from core.registry import PROVIDERS
 
-    provider = registry.get(provider_name)          # NotAvailableError: the provider's reason
-    if hasattr(provider, "prepare"):
-        provider.prepare()                          # unsloth before transformers/trl/peft
+    provider = PROVIDERS.require(provider_name)     # NotAvailableError: the provider's reason
+    provider.prepare()                              # unsloth before transformers/trl/peft
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -179,7 +178,7 @@ def leg(spec: dict) -> dict:
                      report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0,
                      gradient_checkpointing=spec["gradient_checkpointing"], bf16=bf16 and cuda, fp16=False,
                      use_cpu=not cuda, max_length=spec["max_length"], packing=False, dataset_num_proc=None)
-    peft = None if getattr(model, "_modelforge_peft_applied", False) else lora_config(config)
+    peft = None if provider.applies_adapter else lora_config(config)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,

@@ -571,37 +571,34 @@ def estimate(
 
 
 def estimate_for_run(config: "RunConfig", model_config: dict,
-                     report: "HardwareReport | None" = None) -> MemoryEstimate:
+                     report: "HardwareReport | None" = None, profile: Any = None) -> MemoryEstimate:
     """:func:`estimate` with the values of a :class:`~core.config.RunConfig`.
 
     ``precision: auto`` is resolved as the engine resolves it (:func:`train_dtype`; bf16 when no
-    report is given); strategy "qlora" implies a 4-bit base. The device is the report's (CUDA when
-    no report is given).
+    report is given). The device is the report's (CUDA when no report is given). ``config`` is
+    the adjusted one (:func:`core.checks.adjusted`: qlora's 4-bit base is in its quantization).
 
     Args:
         config: the run configuration.
         model_config: the parsed config.json of ``config.model``.
         report: the hardware report, to resolve ``precision: auto`` and the device.
+        profile: the strategy's :class:`~core.plugins.MemoryProfile` (None: LoRA).
 
     Raises:
         ConfigError: a value outside its choices.
         NotAvailableError: the model's config lacks the sizes needed.
     """
-    quant = "4bit" if config.strategy == "qlora" else config.quantization
+    quant = config.quantization
+    full = bool(getattr(profile, "full_finetune", False))
     dtype = config.precision
     if dtype == "auto":
         dtype = train_dtype(report, quant) if report is not None else "bf16"
     device = report.device if report is not None else "cuda"
-    from core.strategies import registry as strategies  # light: no torch/trl at import
-
-    try:
-        chunked = bool(getattr(strategies.get(config.strategy), "chunked_loss", False))
-    except ModelForgeError:
-        chunked = False  # an unknown strategy is reported by the config checks
     return estimate(model_config, quantization=quant, lora_r=config.lora_r,
                     lora_targets=config.lora_target_modules, batch_size=config.batch_size,
                     seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing,
-                    dtype=dtype, device=device, lora_dropout=config.lora_dropout, chunked_loss=chunked)
+                    dtype=dtype, device=device, full_finetune=full, lora_dropout=config.lora_dropout,
+                    chunked_loss=bool(getattr(profile, "chunked_loss", False)))
 
 
 def train_dtype(report: "HardwareReport", quantization: str = "none") -> str:
@@ -865,8 +862,9 @@ class Recommendation:
         """RunConfig field values that apply this recommendation."""
         return {
             "model": self.model_id,
+            # QLoRA is LoRA on a 4-bit base: the quantisation option, with the plain SFT strategy.
             "quantization": "4bit" if self.method == "qlora" else "none",
-            "strategy": "qlora" if self.method == "qlora" else "sft",
+            "strategy": "sft",
             "batch_size": self.batch_size,
             "max_length": self.max_length,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import QUANTIZATION, STRATEGIES, TASKS, RunConfig
+from core.config import QUANTIZATION, TASKS, RunConfig
+from core.registry import STRATEGIES
 from core.errors import ConfigError, ModelForgeError, NotAvailableError
 from core.hardware import CPUInfo, GPUInfo, HardwareReport, probe
 from core.memory import (CATALOG_FIELDS, FitResult, MemoryEstimate, estimate, estimate_for_run,
@@ -159,8 +160,11 @@ def test_estimate_rejects_bad_settings():
 
 
 def test_estimate_for_run():
-    cfg = RunConfig(strategy="qlora", batch_size=2, max_length=256, precision="auto")
-    est = estimate_for_run(cfg, QWEN_05B, gpu_report(8, bf16=False))
+    from core.checks import adjusted, memory_profile
+
+    # qlora's 4-bit base comes from its adjust_config, applied before any estimate.
+    cfg = adjusted(RunConfig(strategy="qlora", batch_size=2, max_length=256, precision="auto"))
+    est = estimate_for_run(cfg, QWEN_05B, gpu_report(8, bf16=False), memory_profile(cfg))
     assert est.settings["quantization"] == "4bit"
     assert est.settings["dtype"] == "fp16"
     assert est.settings["batch_size"] == 2 and est.settings["seq_len"] == 256
@@ -194,8 +198,9 @@ def test_chunked_loss_counts_one_chunk_of_logits():
     chunked = estimate(LLAMA_1B, batch_size=4, seq_len=512, chunked_loss=True)
     assert chunked.logits * 8 == full.logits  # 256 of 2,048 tokens
     # SFT (and so qlora) declares it; a preference trainer materialises its logits.
-    assert estimate_for_run(RunConfig(strategy="sft"), LLAMA_1B).settings["chunked_loss"] is True
-    assert estimate_for_run(RunConfig(strategy="dpo"), LLAMA_1B).settings["chunked_loss"] is False
+    for name, chunked in (("sft", True), ("qlora", True), ("dpo", False)):
+        est = estimate_for_run(RunConfig(strategy=name), LLAMA_1B, None, STRATEGIES.get(name).memory)
+        assert est.settings["chunked_loss"] is chunked, name
 
 
 def test_cpu_estimate_is_the_process_resident_memory():
@@ -400,7 +405,7 @@ def _check_changes(rec):
     changes = rec.config_changes()
     names = {f.name for f in fields(RunConfig)}
     assert set(changes) <= names
-    assert changes["quantization"] in QUANTIZATION and changes["strategy"] in STRATEGIES
+    assert changes["quantization"] in QUANTIZATION and changes["strategy"] in STRATEGIES.names()
     RunConfig().replace(**changes)  # applies cleanly
 
 
@@ -435,7 +440,8 @@ def test_recommend_on_24gib_gpu_offers_a_7b_model():
     assert recs[-1].model_id == "demo"  # a toy on a GPU: listed last
     qlora = next(r for r in recs if r.method == "qlora")
     changes = qlora.config_changes()
-    assert changes["quantization"] == "4bit" and changes["strategy"] == "qlora"
+    # QLoRA is LoRA on a 4-bit base: the quantisation option with the plain sft strategy.
+    assert changes["quantization"] == "4bit" and changes["strategy"] == "sft"
     assert changes["batch_size"] * changes["gradient_accumulation_steps"] >= 8
     for r in recs:
         assert r.estimated_gib <= r.available_gib
@@ -469,3 +475,16 @@ def test_memory_module_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_a_full_finetune_is_estimated_as_one_not_as_lora():
+    """The strategy declares its memory profile: a full fine-tune trains (and keeps AdamW state for)
+    every weight, so it needs far more than LoRA on the same settings."""
+    from core.checks import memory_profile
+    from core.strategies.examples.full_finetune import FullFineTuneStrategy
+
+    cfg = RunConfig(batch_size=2, max_length=256, precision="bf16")
+    lora = estimate_for_run(cfg, QWEN_05B, gpu_report(24), memory_profile(cfg))
+    full = estimate_for_run(cfg, QWEN_05B, gpu_report(24), FullFineTuneStrategy().memory)
+    assert full.trainable_params > 50 * lora.trainable_params
+    assert full.total > 1.5 * lora.total  # the weights and activations are the same; the optimizer is not
