@@ -44,6 +44,32 @@ def logs_dir() -> Path:
     return p
 
 
+def fault_log_path() -> Path:
+    """The log of unexpected faults (bugs), shared by the CLI and the app."""
+    return logs_dir() / "modelforge.log"
+
+
+MAX_LOGGED = 20_000  # characters of one traceback written to the fault log
+
+
+def log_fault(where: str) -> str:
+    """Append the current traceback to the fault log (never shown to the user whole); return the
+    log's path, which the one-line message names. The CLI and the app both write it here."""
+    import logging
+    import traceback
+
+    text = traceback.format_exc()
+    if len(text) > MAX_LOGGED:  # a huge input inside the message must not fill the disk, call by call
+        text = text[:MAX_LOGGED // 2] + f"\n[... {len(text) - MAX_LOGGED:,} characters cut ...]\n" + text[-MAX_LOGGED // 2:]
+    try:
+        path = fault_log_path()
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- unexpected fault in {where}\n{text}\n")
+    except OSError:  # a full or read-only disk: nothing more to do than say so (no traceback spam)
+        return "(no log: the data folder cannot be written)"
+    return str(path)
+
+
 def cache_dir() -> Path:
     p = home() / "cache"
     p.mkdir(parents=True, exist_ok=True)

@@ -157,9 +157,9 @@ def test_a_real_full_disk_in_a_real_process(cli_home, small_disk):
 def test_the_disk_preflight_is_honest_about_small_runs(cli_home, monkeypatch):
     from collections import namedtuple
 
-    import core.engine as engine
+    import core.checks as engine
+    from core.checks import checkpoint_bytes, disk_problems
     from core.config import RunConfig
-    from core.engine import checkpoint_bytes, disk_problems
 
     config = RunConfig(model="demo", dataset=str(EXAMPLES / "identity.json"))
     need = checkpoint_bytes(config)
