@@ -63,7 +63,7 @@ def test_json_nan_and_direct_construction_are_refused(field):
     data = json.loads('{"%s": NaN}' % field)  # what a JSON config or an API body carries
     with pytest.raises(ConfigError, match=field):
         RunConfig.from_dict(data)
-    from core.config import validate_config
+    from core.checks import validate_config
 
     problems = validate_config(RunConfig(model="demo", dataset="x.json").replace(**{field: float("inf")}),
                                check_paths=False)
