@@ -190,29 +190,40 @@ def _generating() -> list[threading.Thread]:
 
 @pytest.fixture()
 def slow_tokens(monkeypatch):
-    """Each generated token takes 20 ms: a long answer takes long enough to watch."""
+    """Each generated token takes 60 ms: a long answer (512 tokens: 30 s) takes long enough to watch."""
     import core.inference as inference
 
     put = inference._TokenQueue.put
 
     def slow_put(self, value):
-        time.sleep(0.02)
+        time.sleep(0.06)
         return put(self, value)
 
     monkeypatch.setattr(inference._TokenQueue, "put", slow_put)
 
 
-def test_a_long_answer_does_not_hold_the_queue_and_stops_when_its_client_leaves(app, slow_tokens):
+def _page_chat_event(config: dict) -> int:
+    """The fn_index of the Playground's Send button (a page event, not a named endpoint)."""
+    send = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "btn-send")
+    return next(i for i, d in enumerate(config["dependencies"]) if [send, "click"] in [list(t) for t in d["targets"]])
+
+
+@pytest.mark.parametrize("path", ["api", "page"])
+def test_a_long_answer_does_not_hold_the_queue_and_stops_when_its_client_leaves(app, slow_tokens, path):
     url, client, store = app
     client.predict(model_id="model-chat", message="hi", max_new_tokens=1, api_name="/chat")  # loads the model
     # A: a 2048-token answer (~40 s here) over raw HTTP, whose client then goes away.
-    session = "runaway-client"
+    session = f"runaway-client-{path}"
     http = httpx.Client(base_url=url, timeout=30)
     config = http.get("config").json()
-    fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "chat")
+    if path == "api":
+        fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "chat")
+        data = ["model-chat", "tell me everything", None, 2048, 0.0, 0.95, "", False]
+    else:  # model, message, tuned chat, base chat, max new tokens, temperature, top-p, system, compare
+        fn_index = _page_chat_event(config)
+        data = ["model-chat", "tell me everything", [], [], 512, 0.0, 0.95, "", False]  # the slider's max
     r = http.post("gradio_api/queue/join", json={
-        "data": ["model-chat", "tell me everything", None, 2048, 0.0, 0.95, "", False],
-        "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
+        "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
     assert r.status_code == 200, r.text
     with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as stream:
         deadline = time.time() + 30
