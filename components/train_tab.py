@@ -22,8 +22,8 @@ import gradio as gr
 from components.common import (AppContext, check_public, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
                                resolve_dataset, warn)
 from core.config import RunConfig
+from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.limits import clip
-from core.errors import BusyError, ConfigError, ModelForgeError, NotFoundError
 
 TERMINAL = ("completed", "failed", "cancelled", "interrupted")
 RESUMABLE = ("cancelled", "interrupted", "failed")
