@@ -3,9 +3,12 @@
 (The app lives in the ``app`` package, so a root ``app.py`` would shadow it.)
 
 On a Space the data folder defaults to the persistent ``/data`` volume when the Space has one,
-the app listens on 0.0.0.0 at the port the Space gives, and it asks for a login: set the Space
-secret ``MODELFORGE_AUTH`` to ``USER:PASS`` (or ``MODELFORGE_NO_AUTH=1`` to open it to anyone,
-not recommended). Without either it refuses to start and says so in the Space's logs.
+the app listens on 0.0.0.0 at the port the Space gives, and it asks for a login: "Sign in with
+Hugging Face" (``hf_oauth: true`` in the README's front matter) for the Space's owner and the
+users or organisations in ``MODELFORGE_ALLOWED_USERS``; or, when the Space secret
+``MODELFORGE_AUTH`` is ``USER:PASS`` (or OAuth is unavailable), that password login
+(``MODELFORGE_NO_AUTH=1`` opens it to anyone, not recommended). Without any it refuses to start
+and says so in the Space's logs.
 """
 
 from __future__ import annotations

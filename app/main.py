@@ -1,4 +1,4 @@
-"""The ``modelforge`` command: ui | train | validate | generate | models | runs | info | hardware.
+"""The ``modelforge`` command: ui | train | validate | generate | models | runs | info | hardware | doctor.
 
 Exit codes: 0 success; 2 bad input or configuration (one clear message on stderr, no
 traceback); 1 an unexpected fault (the traceback goes to the app log file, one line on
@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--base", action="store_true", help="answer with the base model, without the adapter")
     gen.add_argument("--json", action="store_true")
 
+    doc = sub.add_parser("doctor", help="check the records database; rebuild runs and models from the run folders",
+                         description="Check MODELFORGE_HOME's records database. A damaged (garbage, truncated) "
+                                     "or empty database is moved aside; then every run folder (runs/*/config.yaml, "
+                                     "events.jsonl, model/modelforge.json) the records lack is restored. Safe to "
+                                     "run on a healthy database: nothing recorded is changed.")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+
     for name, text in (("models", "list trained models"), ("runs", "list training runs"),
                        ("info", "list providers, strategies and tasks, and whether each works here"),
                        ("hardware", "describe this machine and what it can train")):
@@ -154,6 +161,13 @@ def cmd_train(args) -> int:
         except ModelForgeError as exc:  # the same rule as the app's Resume, as a bad-input exit
             raise ConfigError(exc.message, exc.hint) from None
         run_id = args.resume
+        run = store.get_run(run_id)
+        config = resumed_config(args, run, resume_from)
+        if config.to_dict() != run.config:  # --max-steps etc.: the record and config.yaml say it too
+            from core.config import save_yaml
+
+            save_yaml(config, run_dir / "config.yaml")
+            store.update_run(run_id, config=config.to_dict())
         store.update_run(run_id, status="queued", error=None, finished_at=None)
     else:
         checked = run_checks(config_from_args(args))
@@ -197,7 +211,60 @@ def cmd_train(args) -> int:
         print(f"stopped: resume with `modelforge train --resume {run_id}`", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"error: {result.error}" + (f"\nhint: {result.hint}" if result.hint else ""), file=sys.stderr)
-    return EXIT_FAULT if result.fault else EXIT_INPUT
+    from core.faults import DISK_FULL
+
+    # A full disk is no bad input: the run failed (exit 1); it resumes once there is space.
+    return EXIT_FAULT if result.fault or (result.error or "").startswith(DISK_FULL) else EXIT_INPUT
+
+
+# What a resume may change: how long it trains and how it checkpoints and logs. Anything else
+# (model, data, LoRA, learning rate...) would make it another training than its checkpoint's.
+RESUMABLE_FIELDS = ("max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps", "eval_steps")
+
+
+def resumed_config(args: argparse.Namespace, run: Any, checkpoint: str) -> RunConfig:
+    """The config a resumed run continues with: its own, plus the flags a resume may change.
+
+    Raises:
+        ConfigError: --config, or a flag a resume cannot honour (named, with why), or a
+            --max-steps the run has already reached.
+    """
+    import re
+
+    from core.config import coerce, field_problems
+    from core.errors import ConfigError, Problem
+
+    given = {f.name: getattr(args, f"cfg_{f.name}") for f in fields(RunConfig)
+             if getattr(args, f"cfg_{f.name}", None) is not None}
+    problems = []
+    if args.config:
+        problems.append(Problem("--config cannot be combined with --resume: the run keeps its own config",
+                                f"change only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE_FIELDS)}",
+                                field="--config"))
+    for name in given:
+        if name not in RESUMABLE_FIELDS:
+            problems.append(Problem(
+                f"--{name.replace('_', '-')} cannot change when resuming run {run.id}: its checkpoint was trained "
+                "with the recorded value", "start a new run with it, or resume with only "
+                + ", ".join("--" + n.replace("_", "-") for n in RESUMABLE_FIELDS), field="--" + name.replace("_", "-")))
+    data = dict(run.config)
+    for name in given:
+        if name in RESUMABLE_FIELDS:
+            try:
+                data[name] = coerce(next(f for f in fields(RunConfig) if f.name == name), given[name])
+            except ValueError as exc:
+                problems.append(Problem(str(exc), "see `modelforge train --help`", field="--" + name.replace("_", "-")))
+    if problems:
+        raise ConfigError(f"Cannot resume run {run.id} with these flags.", problems=problems)
+    config = RunConfig.from_dict(data, source=f"run {run.id}")
+    problems = [p for f in fields(RunConfig) if f.name in given for p in field_problems(f, getattr(config, f.name))]
+    done = int(m.group(1)) if (m := re.search(r"checkpoint-(\d+)$", str(checkpoint))) else 0
+    if "max_steps" in given and 0 < config.max_steps <= done:
+        problems.append(Problem(f"--max-steps {config.max_steps}: run {run.id} resumes from step {done}",
+                                f"give a --max-steps above {done}", field="--max-steps"))
+    if problems:
+        raise ConfigError(f"Cannot resume run {run.id} with these flags.", problems=problems)
+    return config
 
 
 class _ProgressPrinter:
@@ -261,7 +328,13 @@ def cmd_generate(args) -> int:
     from core.errors import NotFoundError
     from core.inference import generate, load_model
 
-    target = args.model
+    from core.limits import MAX_NEW_TOKENS, check_text, float_in_range, int_in_range
+
+    args.max_new_tokens = int_in_range(args.max_new_tokens, "--max-new-tokens", 1, MAX_NEW_TOKENS)
+    args.temperature = float_in_range(args.temperature, "--temperature", 0.0, 2.0)
+    check_text(args.prompt, "prompt")
+    check_text(args.context, "context")
+    target = check_text(args.model, "model")
     if not Path(target).expanduser().exists() and target != "demo":
         store = _services().store
         try:
@@ -347,6 +420,20 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args) -> int:
+    from app.services import sqlite_file
+    from core.doctor import rebuild
+    from core.paths import database_url, runs_dir
+
+    url = database_url()
+    report = rebuild(url, sqlite_file(url), runs_dir())
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK
+
+
 def cmd_hardware(args) -> int:
     from core.checks import hardware_report
     from core.hardware import summary_lines
@@ -367,7 +454,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "generate": cmd_generate, "models": cmd_models,
-            "runs": cmd_runs, "info": cmd_info, "hardware": cmd_hardware, "ui": cmd_ui}
+            "runs": cmd_runs, "info": cmd_info, "hardware": cmd_hardware, "ui": cmd_ui, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,6 +465,14 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["ui"]
     args = parser.parse_args(argv)
     from core.errors import ModelForgeError
+
+    unusable = _home_unusable()
+    if unusable:  # one line, not a traceback from every place that writes (the fault log too)
+        if getattr(args, "json", False):
+            print(json.dumps({"status": "error", "error": "DataFolderError", "message": unusable,
+                              "hint": HOME_HINT}))
+        print(f"error: {unusable}: {HOME_HINT}", file=sys.stderr)
+        return EXIT_INPUT
 
     try:
         code = COMMANDS[args.command](args)
@@ -391,10 +486,25 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - an unexpected fault: log it whole, say it in one line
         log_path = _log_fault()
-        print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              f"(details in {log_path})", file=sys.stderr)
+        first = (str(exc).splitlines()[0] if str(exc) else "")[:300]
+        if getattr(args, "json", False):  # --json promises one JSON line, whatever happened
+            print(json.dumps({"status": "error", "error": type(exc).__name__, "message": first,
+                              "hint": f"details in {log_path}"}))
+        print(f"internal error: {type(exc).__name__}: {first} (details in {log_path})", file=sys.stderr)
         code = EXIT_FAULT
     return code
+
+
+HOME_HINT = ("set MODELFORGE_HOME to a folder you can write to (e.g. MODELFORGE_HOME=~/modelforge), "
+             "or give yourself write permission on it")
+
+
+def _home_unusable() -> str | None:
+    """Why the data folder cannot be used (missing permissions, read-only), or None."""
+    from core.faults import home_problem
+    from core.paths import home_path
+
+    return home_problem(home_path())
 
 
 def _log_fault() -> str:

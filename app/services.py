@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.jobs import JobManager
 from core.records import RecordStore
@@ -34,9 +35,39 @@ def go_offline_if_hub_unreachable() -> bool:
     return True
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory ones)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    name = url[len("sqlite:///"):].split("?", 1)[0]
+    return Path(name) if name and name != ":memory:" else None
+
+
+def open_store(url: str) -> RecordStore:
+    """The record store at ``url``.
+
+    Raises:
+        DatabaseDamagedError: the SQLite file is garbage or truncated, or empty while run folders
+            exist (it would start empty and hide them): the message names the file and says to
+            run ``modelforge doctor``.
+    """
+    from core.doctor import check_database, damaged
+    from core.paths import runs_dir
+
+    db = sqlite_file(url)
+    check_database(db, runs_dir())
+    try:
+        return RecordStore(url)
+    except Exception as exc:  # noqa: BLE001 - only a damaged file is translated; anything else stays a fault
+        error = damaged(exc, db)
+        if error is None:
+            raise
+        raise error from None
+
+
 def build_services(database_url: str | None = None) -> Services:
     from core.paths import database_url as default_url
 
     go_offline_if_hub_unreachable()
-    store = RecordStore(database_url or default_url())
+    store = open_store(database_url or default_url())
     return Services(store=store, jobs=JobManager(store))

@@ -7,8 +7,12 @@ endpoints, and mounts it all on a FastAPI app with the REST routes. ``launch`` s
 with uvicorn (``modelforge ui``), and opens a share link on request.
 
 Security: a share link or a Hugging Face Space is public, so it asks for a login (``--auth``
-or ``MODELFORGE_AUTH``) unless the owner passes ``--no-auth``; otherwise it refuses to start.
-Public apps also read data only from uploads, the bundled examples and the data folder. The
+or ``MODELFORGE_AUTH``; on a Space with ``hf_oauth`` "Sign in with Hugging Face" for the owner
+and ``MODELFORGE_ALLOWED_USERS``) unless the owner passes ``--no-auth``; otherwise it refuses to
+start. In a public app a guest reaches only what it uploaded: ``app/access.py`` refuses any
+FileData that is not one of this app's uploads before Gradio copies it, and
+``core/public_mode.py`` refuses server folders as model/dataset/reward_model and any
+output_dir (the README's "Private and public mode" lists it all). The
 login covers the page, the uploads and every named API endpoint (``/api/health`` and
 ``/api/info`` stay open: they carry no user data). Uploads are capped at
 ``MODELFORGE_MAX_UPLOAD_MB`` (default 200; Gradio refuses bigger files with HTTP 413).
@@ -172,18 +176,22 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
 
 
 def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
-              restrict_paths: bool = False) -> tuple[gr.Blocks, Any]:
+              restrict_paths: bool = False, oauth_allowed: frozenset[str] | None = None) -> tuple[gr.Blocks, Any]:
     """Build the Blocks and the FastAPI app that serves it at ``/`` beside ``/api/*``.
 
     Args:
         services: from ``app.services.build_services()`` (built here when None).
         auth: (user, password) the app asks for; None: no login.
-        restrict_paths: read data only from uploads, examples and the data folder (public apps).
+        restrict_paths: a public app: a guest reaches only what it uploaded (see app/access.py and
+            core/public_mode.py).
+        oauth_allowed: "Sign in with Hugging Face" (a Space with ``hf_oauth: true``) instead of
+            ``auth``, letting in these accounts or organisations only.
 
     Returns:
         (blocks, app): ``app`` is what uvicorn serves.
     """
     from app.api import build_api
+    from components.common import gradio_upload_dir
     from components.dataset_tab import max_upload_bytes
     from components.models_tab import exports_dir
 
@@ -197,8 +205,22 @@ def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
     # GRADIO_DEFAULT_CONCURRENCY_LIMIT says otherwise): calling blocks.queue() again would only
     # rebuild its FastAPI app, ~0.15 s of every start.
     api = build_api(services.jobs)
+    from app.access import RequestGuard, oauth_dependency
+
+    dependency = oauth_dependency(oauth_allowed) if oauth_allowed is not None else None
+    # Before Gradio sees a request: bounded JSON bodies, and in a public app no FileData that
+    # names anything but this app's own uploads (Gradio's check alone is skipped when mounted).
+    api.add_middleware(RequestGuard, uploads=lambda: blocks.upload_file_set, restrict_files=restrict_paths,
+                       signin=(dependency, frozenset(oauth_allowed)) if dependency else None,
+                       served=lambda: [f for files in blocks.temp_file_sets for f in list(files)],
+                       temp_folder=str(gradio_upload_dir()))
+    if dependency is not None:  # /login/huggingface, /login/callback, /logout and the session cookie
+        from gradio.oauth import attach_oauth
+
+        attach_oauth(api)  # added after RequestGuard: the session is read before the guard runs
     app = gr.mount_gradio_app(
-        api, blocks, path="/", auth=auth, auth_message="ModelForge: log in to continue.",
+        api, blocks, path="/", auth=auth if dependency is None else None, auth_dependency=dependency,
+        auth_message="ModelForge: log in to continue.",
         theme=theme(), css=css(), favicon_path=str(LOGO) if LOGO.exists() else None,
         allowed_paths=[str(exports_dir())],  # merged models offered for download
         ssr_mode=False, run_history=False,   # run history would keep inputs (e.g. a Hub token)
@@ -207,6 +229,9 @@ def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
         # checks again with a message that says how to raise MODELFORGE_MAX_UPLOAD_MB.
         max_file_size=max_upload_bytes(),
     )
+    # What launch() would do: with has_launched False (mounted apps), Gradio skips its own check of
+    # which server paths a FileData may name and copies any of them into its cache.
+    blocks.has_launched = True
     app.state.modelforge = ctx
     return blocks, app
 
@@ -271,14 +296,18 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
     import uvicorn
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from app.access import allow_list, oauth_available
+
     space = is_restricted_env()
-    login = resolve_auth(share, auth, no_auth)
+    oauth = space and not (auth or os.environ.get("MODELFORGE_AUTH")) and oauth_available()
+    login = None if oauth else resolve_auth(share, auth, no_auth)
     if space:
         host = "0.0.0.0"
     if not _port_free(host, port):
         raise ModelForgeError(f"port {port} is already in use", f"pass --port {port + 1} or stop the other app")
     _setup_logging()
-    blocks, app = build_app(services, auth=login, restrict_paths=bool(share or space))
+    blocks, app = build_app(services, auth=login, restrict_paths=bool(share or space),
+                            oauth_allowed=allow_list() if oauth else None)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, name="modelforge-http", daemon=True)
@@ -297,7 +326,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
     if not block:
         return running
     print(f"ModelForge is running at {url}" + (f" and {running.share_url}" if running.share_url else "")
-          + (" (login required)" if login else "") + "  —  Ctrl+C to stop", flush=True)
+          + (" (login required)" if login else " (Sign in with Hugging Face)" if oauth else "") + "  —  Ctrl+C to stop", flush=True)
     try:
         while thread.is_alive():
             thread.join(0.5)

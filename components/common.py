@@ -180,10 +180,31 @@ def guard(fn: Callable) -> Callable:
     return wrapped
 
 
+def check_text_args(fn: Callable, args: tuple, kwargs: dict) -> None:
+    """Refuse any text argument over its length limit, by parameter name, before the handler runs.
+
+    A 10 MB "dataset" or "run_id" must be answered with the field's limit, not echoed back or
+    turned into "File name too long" (see ``core.limits``).
+
+    Raises:
+        ConfigError: naming the parameter, the length and the limit.
+    """
+    from core.limits import check_text
+
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return
+    for name, value in bound.arguments.items():
+        if isinstance(value, str):
+            check_text(value, name)
+
+
 def _gen_guard(fn: Callable, where: str) -> Callable:
     @functools.wraps(fn)
     def gen_wrapper(*args, **kwargs):
         try:
+            check_text_args(fn, args, kwargs)
             yield from fn(*args, **kwargs)
         except gr.Error:
             raise
@@ -196,6 +217,7 @@ def _plain_guard(fn: Callable, where: str) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_text_args(fn, args, kwargs)
             return fn(*args, **kwargs)
         except gr.Error:
             raise
@@ -322,17 +344,20 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> RunConfig:
-    """A preset from ``assets/presets`` (its dataset path resolved to the bundled file).
+    """A preset from ``assets/presets`` by its bundled name (its dataset path resolved to the bundled file).
+
+    Only the names :func:`preset_names` lists are accepted: never a path, ``..`` or ``~``.
 
     Raises:
         ConfigError: unknown preset or a bad file.
     """
     from core.errors import ConfigError
 
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not name or not path.is_file():
-        raise ConfigError(f"no preset named '{name}'", f"choose one of: {', '.join(preset_names()) or 'none'}")
-    return load_yaml(path)
+    names = preset_names()
+    if not isinstance(name, str) or name not in names:
+        shown = repr(name[:60] + ("…" if len(name) > 60 else "")) if isinstance(name, str) else type(name).__name__
+        raise ConfigError(f"no preset named {shown}", f"choose one of: {', '.join(names) or 'none'}")
+    return load_yaml(PRESETS_DIR / f"{name}.yaml")
 
 
 def default_config() -> RunConfig:
@@ -391,39 +416,67 @@ def store_upload(path: str | Path) -> Path:
     return target
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _looks_local(text: str) -> bool:
-    p = Path(text).expanduser()
-    return text.startswith(("/", ".", "~")) or p.suffix.lower() in DATA_SUFFIXES or p.exists()
-
-
-def resolve_dataset(value: str | None, restrict: bool = False) -> str:
+def resolve_dataset(value: str | None, restrict: bool = False, *, from_upload: bool = False) -> str:
     """Turn the dataset the user chose into a path ``core.data`` can read.
 
     Args:
         value: a bundled example's file name, a path, or a hub dataset id.
-        restrict: on a share link or a Space, allow only the bundled examples, uploads and the
-            data folder (a visitor must not read arbitrary files of the server).
+        restrict: on a share link or a Space, allow only the bundled examples, the files a guest
+            uploaded (``MODELFORGE_HOME/uploads``) and hub ids: a visitor must not read any other
+            file of the server (not even the data folder's database, logs or run folders).
+        from_upload: ``value`` is the path Gradio handed over for a file the guest uploaded in
+            this request (then Gradio's own upload folder is allowed too).
 
     Raises:
         DataError: nothing chosen. ModelForgeError: a path outside the allowed folders.
     """
-    text = (value or "").strip()
+    from core.limits import check_text
+
+    text = check_text((value or "").strip(), "dataset")
     if not text:
         raise DataError("no dataset chosen", "upload a file or pick a bundled example in the Dataset tab")
     if text in example_names():
         return str(EXAMPLES / text)
-    if restrict and _looks_local(text):
-        resolved = Path(text).expanduser().resolve()
-        allowed = (EXAMPLES.resolve(), home(), gradio_upload_dir())
-        if not any(_inside(resolved, root) for root in allowed):
+    if restrict:
+        from core.public_mode import is_hub_id, within
+
+        roots = [EXAMPLES, uploads_dir()] + ([gradio_upload_dir()] if from_upload else [])
+        if not within(text, roots) and (from_upload or not is_hub_id(text)):
             raise ModelForgeError(
-                f"this app does not read files from the server's disk ({Path(text).name})",
+                f"this app does not read files from the server's disk ({_clip_name(text)})",
                 "upload the file in the Dataset tab, or pick a bundled example")
     return text
+
+
+def _clip_name(text: str, limit: int = 80) -> str:
+    name = Path(text).name or text
+    return name if len(name) <= limit else f"{name[:limit]}… ({len(name)} characters)"
+
+
+def public_problems(ctx: "AppContext", config: RunConfig) -> list:
+    """What a guest of a public app may not run in ``config`` (empty: all fine, or a private app)."""
+    if not ctx.restrict_paths:
+        return []
+    from core.paths import runs_dir
+    from core.public_mode import public_problems as problems
+
+    return problems(config, data_roots=[EXAMPLES, uploads_dir()], model_roots=[runs_dir()],
+                    examples=example_names())
+
+
+def check_public(ctx: "AppContext", config: RunConfig) -> RunConfig:
+    """``config`` when a guest may run it.
+
+    Raises:
+        ConfigError: every value a public app refuses (output_dir, server folders...), by field.
+    """
+    problems = public_problems(ctx, config)
+    if problems:
+        from core.errors import ConfigError
+
+        raise ConfigError(f"{len(problems)} setting(s) are not allowed in this public app",
+                          "see each field's fix", problems=problems)
+    return config
 
 
 def dataset_label(path: str) -> str:
@@ -438,5 +491,5 @@ def dataset_label(path: str) -> str:
 
 
 def is_restricted_env() -> bool:
-    """True on a Hugging Face Space."""
+    """True on a Hugging Face Space (a public app: see ``core.public_mode``)."""
     return bool(os.environ.get("SPACE_ID"))

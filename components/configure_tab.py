@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 
 from components.common import (AppContext, default_config, endpoint, guard, load_preset,
-                               mapping_to_text, preset_names, problems_markdown, resolve_dataset)
+                               mapping_to_text, preset_names, problems_markdown, public_problems, resolve_dataset)
 from core.checks import field_choices, parse_config
 from core.config import RunConfig, config_fields, from_yaml, to_command, to_yaml
 from core.errors import ConfigError, ModelForgeError, Problem
@@ -170,6 +170,9 @@ def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) 
         config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
     except ModelForgeError as exc:
         return PreflightResult(False, [Problem(exc.message, exc.hint, field="dataset")], config=config)
+    refused = public_problems(ctx, config)  # a public app: checked before any file is read
+    if refused:
+        return PreflightResult(False, refused, config=config)
     checked = run_checks(config, with_memory=with_memory)
     if with_memory and checked.memory.fit is None and not checked.memory.note:
         mem_ok, mem = memory_check(config)  # stopped before the estimate (a config problem): still show it

@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
-from components.common import (DEFAULT_EXAMPLE, AppContext, dataset_label, endpoint, example_names,
+from components.common import (DEFAULT_EXAMPLE, AppContext, check_public, dataset_label, endpoint, example_names,
                                file_path_of, guard, log, mapping_to_text, parse_mapping_text, problems_rows,
                                resolve_dataset, store_upload, warn)
 from core.config import DATA_FORMATS, RunConfig
@@ -272,6 +272,7 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
     from core.data import split_train_eval
 
     path = resolve_dataset(dataset, ctx.restrict_paths)
+    check_public(ctx, config.replace(dataset=path))  # a public app: no server folder as model, etc.
     tokenizer, note = None, ""
     if with_tokenizer:
         try:
@@ -310,7 +311,7 @@ def source_of(upload: Any, example: str | None, restrict: bool = False) -> str:
     """
     path = file_path_of(upload)
     if path:
-        resolved = resolve_dataset(path, restrict)
+        resolved = resolve_dataset(path, restrict, from_upload=True)
         check_upload_size(resolved)
         return str(store_upload(resolved))
     return example or ""

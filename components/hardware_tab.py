@@ -145,9 +145,20 @@ def refresh_outputs(task_name: str = "text-generation") -> tuple:
             gr.Dropdown(choices=ids, value=ids[0] if ids else None))
 
 
+def limits_brief(value) -> str:
+    from core.limits import brief
+
+    return brief(value)
+
+
 def register_api(ctx: AppContext) -> None:
     def hardware(task: str = "text-generation") -> dict:
         """This machine (CPU, RAM, disk, GPUs, back-ends) and the models that fit it for `task`."""
+        from core.config import TASKS
+        from core.errors import ConfigError
+
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {limits_brief(task)}", f"use one of: {', '.join(TASKS)}")
         view = hardware_view(task)
         view.pop("_recs")
         return view

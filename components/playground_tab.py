@@ -12,14 +12,73 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
 from components.common import AppContext, endpoint, guard
-from core.errors import ModelForgeError, NotAvailableError, NotFoundError
+from core.errors import ConfigError, ModelForgeError, NotAvailableError, NotFoundError
 
 STREAM_UPDATE_S = 0.05  # the shortest time between two updates of the chats while they stream
+MAX_HISTORY = 200       # messages of a chat history a request may carry
+# Chats generating at once, over all users (MODELFORGE_CHAT_CONCURRENCY): one long answer must
+# not hold the queue for everyone, and a handful of generations still share the CPU fairly.
+DEFAULT_CHAT_CONCURRENCY = 4
+# The longest one answer may take (MODELFORGE_CHAT_TIME_LIMIT_S): the end of a runaway generation.
+DEFAULT_CHAT_TIME_LIMIT_S = 300.0
+
+
+def _env_number(name: str, default: float) -> float:
+    import os
+
+    try:
+        value = float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if value > 0 and value == value and value != float("inf") else default
+
+
+def chat_concurrency() -> int:
+    return int(_env_number("MODELFORGE_CHAT_CONCURRENCY", DEFAULT_CHAT_CONCURRENCY))
+
+
+def sampling(max_new_tokens: Any, temperature: Any, top_p: Any) -> dict:
+    """Checked sampling settings: max_new_tokens 1..2048 (None: 64), temperature 0..2, top_p (0, 1].
+
+    Raises:
+        ConfigError: naming the setting and its range (not a number, NaN, infinity, out of range).
+    """
+    from core.limits import MAX_NEW_TOKENS, float_in_range, int_in_range
+
+    n = int_in_range(64 if max_new_tokens is None else max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS)
+    t = float_in_range(0.0 if temperature is None else temperature, "temperature", 0.0, 2.0)
+    p = float_in_range(0.95 if top_p is None else top_p, "top_p", 0.0, 1.0)
+    if p == 0:
+        raise ConfigError("top_p must be above 0 (0 keeps no token to sample from)", "use a value in (0, 1]")
+    return {"max_new_tokens": n, "temperature": t, "top_p": p}
+
+
+def client_gone() -> Callable[[], bool]:
+    """A check whether the client of the Gradio request being handled has gone (closed the page,
+    dropped the connection): Gradio marks its event dead; a plain function must look itself."""
+    try:
+        from gradio.context import LocalContext
+
+        blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    except Exception:  # noqa: BLE001 - not inside a Gradio request (tests, scripts)
+        return lambda: False
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or not event_id:
+        return lambda: False
+
+    def gone() -> bool:
+        for jobs in list(getattr(queue, "active_jobs", []) or []):
+            for job in jobs or []:
+                if getattr(job, "_id", None) == event_id:
+                    return not getattr(job, "alive", True)
+        return False
+
+    return gone
 EXAMPLE_PROMPTS = ["Who are you?", "What is your name?", "Who created you?", "hello"]
 EMPTY_TEXT = ("### No model to talk to yet\nTrain one in the **Train** tab (the identity demo is preselected), "
               "then pick it here.")
@@ -52,11 +111,22 @@ def _text_of(content: Any) -> str:
 
 
 def as_messages(history: list | None) -> list[dict]:
-    """A Chatbot value as plain {role, content} messages."""
+    """A Chatbot value as plain {role, content} messages.
+
+    Raises:
+        ConfigError: more than MAX_HISTORY messages, or one longer than the text limit.
+    """
+    from core.limits import check_text
+
+    if history is not None and not isinstance(history, (list, tuple)):
+        raise ConfigError("history must be a list of {role, content} messages")
+    if len(history or []) > MAX_HISTORY:
+        raise ConfigError(f"history: {len(history):,} messages is over the limit of {MAX_HISTORY}",
+                          "start a new chat, or send the last messages only")
     out = []
     for m in history or []:
         if isinstance(m, dict) and m.get("role") in ("user", "assistant", "system"):
-            out.append({"role": m["role"], "content": _text_of(m.get("content"))})
+            out.append({"role": m["role"], "content": check_text(_text_of(m.get("content")), "message")})
     return out
 
 
@@ -69,15 +139,16 @@ def chat_stream(ctx: AppContext, model_id: str, message: str, tuned_history: lis
         ModelForgeError: no model, an empty message, or a model that is not a chat model.
     """
     from core.inference import stream
+    from core.limits import check_text
 
-    message = (message or "").strip()
+    message = check_text((message or "").strip(), "message")
+    check_text(system_prompt or "", "system_prompt")
+    kw = dict(**sampling(max_new_tokens, temperature, top_p), system_prompt=system_prompt or "")
     rec = _record(ctx, model_id)
     if not message:
         raise ModelForgeError("type a message first")
     if rec.task != "text-generation":
         raise ModelForgeError(f"{rec.name} is a {rec.task} model", "use the box for its task below the chat")
-    kw = dict(max_new_tokens=int(max_new_tokens or 64), temperature=float(temperature or 0.0),
-              top_p=float(top_p or 0.95), system_prompt=system_prompt or "")
     tuned_hist = as_messages(tuned_history) + [{"role": "user", "content": message}]
     base_hist = as_messages(base_history)
     streams: dict[str, Iterator[str]] = {"tuned": stream(load_for_chat(ctx, rec), list(tuned_hist), **kw)}
@@ -89,8 +160,11 @@ def chat_stream(ctx: AppContext, model_id: str, message: str, tuned_history: lis
     yield tuned_hist, base_hist
     live = dict(streams)
     shown_at = 0.0
+    gone = client_gone()
     try:
         while live:  # alternate: both models generate at once, each in its own thread
+            if gone():  # the page or the API client went away: stop generating for nobody
+                return
             for name in list(live):
                 try:
                     text = next(live[name])
@@ -108,13 +182,35 @@ def chat_stream(ctx: AppContext, model_id: str, message: str, tuned_history: lis
 
 
 def chat_once(ctx: AppContext, model_id: str, message: str, history: list | None = None,
-              compare: bool = False, **kw) -> dict:
-    """The whole answer (and the base model's) to ``message`` after ``history``."""
-    tuned, base = [], []
-    for tuned, base in chat_stream(ctx, model_id, message, history, history if compare else None,
-                                   compare=compare, **kw):
-        pass
-    return {"model_id": model_id, "answer": tuned[-1]["content"] if tuned else "",
+              compare: bool = False, gone: Callable[[], bool] | None = None,
+              time_limit_s: float | None = None, **kw) -> dict:
+    """The whole answer (and the base model's) to ``message`` after ``history``.
+
+    Args:
+        gone: tells whether the client went away; the generation then stops after its next token
+            (default: asks Gradio about the current request).
+        time_limit_s: the longest the answer may take (default MODELFORGE_CHAT_TIME_LIMIT_S, 300):
+            the answer so far is returned, with ``stopped: "time limit"``.
+    """
+    gone = gone or client_gone()
+    limit = time_limit_s or _env_number("MODELFORGE_CHAT_TIME_LIMIT_S", DEFAULT_CHAT_TIME_LIMIT_S)
+    deadline = time.monotonic() + limit
+    tuned, base, stopped = [], [], None
+    chats = chat_stream(ctx, model_id, message, history, history if compare else None, compare=compare, **kw)
+    try:
+        for tuned, base in chats:
+            if gone():
+                stopped = "client gone"
+                break
+            if time.monotonic() > deadline:
+                stopped = "time limit"
+                break
+    finally:
+        chats.close()  # stops both generations now (their threads end after the next token)
+    if stopped == "client gone":
+        raise ModelForgeError("the client went away: generation stopped")
+    return {"stopped": stopped,
+            "model_id": model_id, "answer": tuned[-1]["content"] if tuned else "",
             "base_answer": base[-1]["content"] if compare and base else None, "history": tuned}
 
 
@@ -132,7 +228,11 @@ def summarize(ctx: AppContext, model_id: str, document: str, max_new_tokens: int
     if not hasattr(inference, "summarize"):
         raise NotAvailableError("summarization in the Playground is not available yet in this version",
                                 "it arrives with summarization training; chat works for text-generation models")
-    out = inference.summarize(load_for_chat(ctx, rec), document, max_new_tokens=int(max_new_tokens))
+    from core.limits import MAX_NEW_TOKENS, check_text, int_in_range
+
+    check_text(document, "document")
+    n = int_in_range(max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS)
+    out = inference.summarize(load_for_chat(ctx, rec), document, max_new_tokens=n)
     return out if isinstance(out, str) else str(out.get("summary", out)) if isinstance(out, dict) else str(out)
 
 
@@ -243,11 +343,12 @@ def build(ctx: AppContext) -> PlaygroundTab:
     chat_inputs = [model, message, tuned, base, max_new, temperature, top_p, system, compare]
     model.change(guard(_describe), model, [about, chat_group, sum_group, qa_group, tuned, base],
                  api_visibility="private")
-    send.click(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private")
-    message.submit(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private")
+    pool = dict(concurrency_limit=chat_concurrency(), concurrency_id="generation")  # shared with the API
+    send.click(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private", **pool)
+    message.submit(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private", **pool)
     clear.click(lambda: ([], []), None, [tuned, base], api_visibility="private")
-    summarize_btn.click(guard(_summarize), [model, document, max_new], summary, api_visibility="private")
-    ask.click(guard(_answer), [model, context, question], answer_box, api_visibility="private")
+    summarize_btn.click(guard(_summarize), [model, document, max_new], summary, api_visibility="private", **pool)
+    ask.click(guard(_answer), [model, context, question], answer_box, api_visibility="private", **pool)
     return PlaygroundTab(model=model, refresh=refresh, about=about)
 
 
@@ -282,7 +383,10 @@ def register_api(ctx: AppContext) -> None:
         """Extractive QA: the answer span of `question` in `context`."""
         return answer(ctx, model_id, context, question)
 
-    gr.api(endpoint(chat), api_name="chat")
-    gr.api(endpoint(generate), api_name="generate")
-    gr.api(endpoint(summarize_api), api_name="summarize")
-    gr.api(endpoint(answer_api), api_name="answer")
+    # One shared pool of chat_concurrency() slots for every way to ask a model (the page's chat
+    # too): a long answer holds one slot, not the queue of every other user.
+    shared = dict(concurrency_limit=chat_concurrency(), concurrency_id="generation")
+    gr.api(endpoint(chat), api_name="chat", **shared)
+    gr.api(endpoint(generate), api_name="generate", **shared)
+    gr.api(endpoint(summarize_api), api_name="summarize", **shared)
+    gr.api(endpoint(answer_api), api_name="answer", **shared)

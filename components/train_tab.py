@@ -19,10 +19,11 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import (AppContext, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
+from components.common import (AppContext, check_public, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
                                resolve_dataset, warn)
 from core.config import RunConfig
 from core.errors import BusyError, ModelForgeError, NotFoundError
+from core.limits import clip
 
 TERMINAL = ("completed", "failed", "cancelled", "interrupted")
 RESUMABLE = ("cancelled", "interrupted", "failed")
@@ -179,7 +180,8 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
     try:
         run = ctx.store.get_run(run_id)
     except NotFoundError:
-        return RunView(run_id=run_id, status="unknown", error=f"no run with id {run_id}")
+        shown = clip(run_id, 80)  # never echo a huge id back
+        return RunView(run_id=shown, status="unknown", error=f"no run with id {shown}")
     events = ctx.jobs.events(run_id, 0)
     v = RunView(run_id=run_id, name=run.name, status=run.status, step=run.last_step, total=run.total_steps,
                 model_id=run.model_id, n_events=len(events),
@@ -262,7 +264,7 @@ def start_training(ctx: AppContext, config: RunConfig) -> dict:
     """
     from core.service import start
 
-    config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
+    config = check_public(ctx, config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths)))
     started = start(ctx.jobs, config)
     run_id, pos, busy = started.run_id, started.position, started.behind
     if pos:

@@ -287,8 +287,39 @@ def memory_problems(config: RunConfig, memory: MemoryCheck | None = None) -> lis
                     field="model")]
 
 
-# Besides checkpoints and the adapter: tokenizer files, trainer state, logs, events, config.
-DISK_SLACK_BYTES = 64 * 2**20
+# Besides weights and optimizer state, each checkpoint (and the final model) holds the tokenizer
+# files and small ones (trainer state, scheduler, RNG state, training args, README: ~20 KB
+# measured on the demo); the run folder holds events, train.log and config.yaml. Measured, not a
+# fixed 64 MiB that refused every run on a small disk (a demo run writes ~2 MB).
+CHECKPOINT_SMALL_FILES_BYTES = 256 * 2**10
+DISK_SLACK_BYTES = 2 * 2**20             # events.jsonl, train.log, config.yaml of one run
+HUB_TOKENIZER_BYTES = 16 * 2**20         # a hub model's tokenizer files, unknown offline (Llama 3: ~9 MB)
+_TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja")
+
+
+def tokenizer_bytes(model: str) -> int:
+    """Size of the tokenizer files every checkpoint copies: measured for a local folder or the demo."""
+    from pathlib import Path
+
+    from core.demo_model import DEMO_ALIASES, DEMO_NAME
+    from core.paths import cache_dir
+
+    name = (model or "").strip()
+    if name.lower() == DEMO_NAME or name.lower() in DEMO_ALIASES:
+        folders = [p for p in cache_dir().glob("demo*") if p.is_dir()]
+        if not folders:
+            return 2**20  # not built yet: the demo tokenizers are a few hundred KB
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return HUB_TOKENIZER_BYTES
+        folders = [folder]
+    try:
+        return max(sum(f.stat().st_size for pattern in _TOKENIZER_FILES for f in d.glob(pattern) if f.is_file())
+                   for d in folders)
+    except OSError:
+        return HUB_TOKENIZER_BYTES
 
 
 def checkpoint_bytes(config: RunConfig, memory: MemoryCheck | None = None) -> int | None:
@@ -314,10 +345,15 @@ def checkpoint_bytes(config: RunConfig, memory: MemoryCheck | None = None) -> in
         return None
     else:
         trainable = memory.estimate.trainable_params
-    per_checkpoint = trainable * (4 + 8)
-    total = (config.save_total_limit + 1) * per_checkpoint + trainable * 4
+    files = tokenizer_bytes(config.model) + CHECKPOINT_SMALL_FILES_BYTES
+    per_checkpoint = trainable * (4 + 8) + files
+    total = (config.save_total_limit + 1) * per_checkpoint + trainable * 4 + files
     total *= memory_profile(config).trained_models
     return int(total) + DISK_SLACK_BYTES
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def disk_problems(config: RunConfig, memory: MemoryCheck | None = None) -> list[Problem]:
@@ -335,9 +371,8 @@ def disk_problems(config: RunConfig, memory: MemoryCheck | None = None) -> list[
         return []
     if needed <= free:
         return []
-    gib = 2**30
-    return [Problem(f"this run writes about {needed / gib:.2f} GiB of checkpoints and model, but only "
-                    f"{free / gib:.2f} GiB is free on the disk of {where}",
+    return [Problem(f"this run writes about {_size(needed)} of checkpoints and model, but only "
+                    f"{_size(free)} is free on the disk of {where}",
                     f"free disk space, lower save_total_limit (now {config.save_total_limit}), or set "
                     "output_dir (or MODELFORGE_HOME) to a larger disk", field="output_dir")]
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core import limits
 from core.errors import ConfigError, Problem
 
 TASKS = ("text-generation", "summarization", "extractive-qa")
@@ -266,9 +268,10 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
-                close = difflib.get_close_matches(str(key).replace("-", "_"), list(known), n=1, cutoff=0.6)
+                close = difflib.get_close_matches(limits.clip(key, 64).replace("-", "_"), list(known), n=1, cutoff=0.6)
                 hint = f"did you mean '{close[0]}'?" if close else "remove it; see `modelforge train --help` for the fields"
-                problems.append(Problem(f"unknown field '{key}'", hint, file=source, field=str(key)))
+                problems.append(Problem(f"unknown field {limits.brief(key)}", hint, file=source,
+                                        field=limits.clip(key, 64)))
                 continue
             try:
                 kwargs[key] = coerce(known[key], value)
@@ -369,23 +372,36 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         if t == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # NaN/inf pass float(): refuse them by name (core.limits)
+                raise ValueError(f"{name}: {limits.brief(value)} is not a finite number (NaN and infinity are not allowed)")
+            return number
         if t == "dict":
             if value is None or value == "":
                 return {}
             if isinstance(value, str):
                 return parse_mapping(value)
             if isinstance(value, dict):
-                return {str(k): str(v) for k, v in value.items()}
+                out = {str(k): str(v) for k, v in value.items()}
+                if len(out) > limits.MAX_MAPPING_ITEMS or any(
+                        limits.text_problem(x, name) for kv in out.items() for x in kv):
+                    raise ValueError(f"{name}: at most {limits.MAX_MAPPING_ITEMS} entries of at most "
+                                     f"{limits.MAX_TEXT:,} characters each")
+                return out
             raise ValueError
         if t == "str":
             if value is None:
                 return ""
             if isinstance(value, (dict, list)):
                 raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {value!r} is not a {_type_name(f)}") from None
+            text = str(value)
+            if limits.text_problem(text, name):  # bounded: never a 10 MB "name" echoed or logged
+                raise ValueError(limits.text_problem(text, name))
+            return text
+    except (TypeError, ValueError, OverflowError) as exc:
+        if str(exc).startswith(f"{name}: "):
+            raise ValueError(str(exc)) from None
+        raise ValueError(f"{name}: {limits.brief(value)} is not a {_type_name(f)}") from None
     return value
 
 
@@ -401,6 +417,11 @@ def field_problems(f: dataclasses.Field, value: Any, source: str | None = None,
         problems.append(Problem(
             f"'{value}' is not one of: {', '.join(choices)}",
             f"set {f.name} to one of the listed values", file=source, field=f.name))
+    if isinstance(value, float) and not math.isfinite(value):
+        return problems + [Problem(f"{value!r} is not a finite number", "NaN and infinity are not allowed",
+                                   file=source, field=f.name)]
+    if isinstance(value, str) and limits.text_problem(value, f.name):
+        problems.append(Problem(limits.text_problem(value, f.name), f"shorten {f.name}", file=source, field=f.name))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "min" in meta and value < meta["min"]:
             problems.append(Problem(f"{value} is below the minimum {meta['min']}",
@@ -504,12 +525,12 @@ def from_yaml(text: str, source: str = "config.yaml") -> RunConfig:
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = limits.safe_load_yaml(text, source)  # size and alias caps (no "billion laughs")
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         raise ConfigError(
             f"{source} is not valid YAML",
-            problems=[Problem(str(getattr(exc, "problem", exc)), "fix the YAML syntax",
+            problems=[Problem(limits.clip(getattr(exc, "problem", None) or exc, 300), "fix the YAML syntax",
                               file=source, line=None if line is None else line + 1)],
         ) from None
     if data is None:
@@ -521,6 +542,8 @@ def load_yaml(path: str | Path) -> RunConfig:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}", "check the path given to --config")
+    if p.stat().st_size > limits.MAX_YAML_BYTES:  # refused before it is read into memory
+        limits.check_yaml_text(b" " * (limits.MAX_YAML_BYTES + 1), str(p))
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -7,7 +7,6 @@ the events file says so, and only a completed run gets a model record.
 
 from __future__ import annotations
 
-import errno
 import gc
 import json
 import logging
@@ -80,7 +79,9 @@ _train_dtype = train_dtype
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    from core.faults import QuietFileHandler
+
+    handler = QuietFileHandler(run_dir / "train.log", encoding="utf-8")  # a full disk: no "Logging error" spam
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("modelforge", "transformers", "trl", "peft"):
         logging.getLogger(name).addHandler(handler)
@@ -131,11 +132,13 @@ def run_training(
     except Exception as exc:  # noqa: BLE001 - turn every fault into a failed run, with the traceback logged
         log.error("run %s crashed:\n%s", run_id, traceback.format_exc())
         message, hint = _explain(exc)
-        if _disk_full(exc):
-            removed = _remove_incomplete_checkpoints(run_dir)
-            if removed:
-                message += f"; the half-written {', '.join(sorted(removed))} was removed"
-        return _fail(store, events, run_id, run_dir, message, hint, exc, fault=not _environment_fault(exc))
+        if _disk_full(exc, run_dir):
+            from core.faults import disk_full_message
+
+            # First free what the failed save left, so that the failure itself can be recorded.
+            message, hint = disk_full_message(run_dir, _remove_incomplete_checkpoints(run_dir))
+        return _fail(store, events, run_id, run_dir, message, hint, exc,
+                     fault=not (_environment_fault(exc) or _disk_full(exc, run_dir)))
     finally:
         _detach_log_file(handler)
         ctx = None  # the model, optimizer and trainer go now, not at the next run: after an
@@ -288,17 +291,11 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """No space left (ENOSPC) or over quota (EDQUOT), also when a library wrapped the OSError."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-            return True
-        if "no space left on device" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _disk_full(exc: BaseException, where: Path | None = None) -> bool:
+    """No space left (ENOSPC, EDQUOT, torch's writer failing on a full disk): see core.faults."""
+    from core.faults import disk_full
+
+    return disk_full(exc, where)
 
 
 def _environment_fault(exc: BaseException) -> bool:
@@ -328,7 +325,10 @@ def _fail(store, events, run_id, run_dir, message, hint, exc, fault: bool) -> Ru
     except Exception:  # noqa: BLE001 - the events file still says what happened
         log.error("could not record failure of %s:\n%s", run_id, traceback.format_exc())
     problems = [p.to_dict() for p in getattr(exc, "problems", [])]
-    events.emit("failed", message=message, hint=hint, problems=problems)
+    try:
+        events.emit("failed", message=message, hint=hint, problems=problems)
+    except OSError:  # the disk is full: the record (and the caller) still say how the run ended
+        log.error("could not write the failure of %s to its events file", run_id)
     return RunResult(run_id, "failed", str(run_dir), error=message, hint=hint, fault=fault)
 
 

@@ -17,13 +17,17 @@ ASSETS = REPO_ROOT / "assets"
 EXAMPLES = ASSETS / "examples"
 
 
-def home() -> Path:
+def home_path() -> Path:
+    """The data folder's path (not created): MODELFORGE_HOME, else the user's data folder."""
     env = os.environ.get("MODELFORGE_HOME")
     if env:
-        root = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        root = Path(base) / "modelforge"
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "modelforge"
+
+
+def home() -> Path:
+    root = home_path()
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
 
@@ -45,18 +49,24 @@ def fault_log_path() -> Path:
     return logs_dir() / "modelforge.log"
 
 
+MAX_LOGGED = 20_000  # characters of one traceback written to the fault log
+
+
 def log_fault(where: str) -> str:
     """Append the current traceback to the fault log (never shown to the user whole); return the
     log's path, which the one-line message names. The CLI and the app both write it here."""
     import logging
     import traceback
 
-    path = fault_log_path()
+    text = traceback.format_exc()
+    if len(text) > MAX_LOGGED:  # a huge input inside the message must not fill the disk, call by call
+        text = text[:MAX_LOGGED // 2] + f"\n[... {len(text) - MAX_LOGGED:,} characters cut ...]\n" + text[-MAX_LOGGED // 2:]
     try:
+        path = fault_log_path()
         with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- unexpected fault in {where}\n{traceback.format_exc()}\n")
-    except OSError:
-        logging.getLogger("modelforge").error("unexpected fault in %s:\n%s", where, traceback.format_exc())
+            fh.write(f"--- unexpected fault in {where}\n{text}\n")
+    except OSError:  # a full or read-only disk: nothing more to do than say so (no traceback spam)
+        return "(no log: the data folder cannot be written)"
     return str(path)
 
 
