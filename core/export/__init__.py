@@ -279,6 +279,7 @@ def export_model(store, model_key: str, fmt: str = "gguf", quantization: str = "
     final = _destination(src, fmt, quantization, output_dir)
     preflight(src, fmt, quantization, final.parent)
     stage = final.parent / f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    new_root = not final.parent.exists()
     stage.mkdir(parents=True)
     try:
         result = _export_into(src, fmt, quantization, stage, say, verify, max_rows, llamacpp)
@@ -296,6 +297,11 @@ def export_model(store, model_key: str, fmt: str = "gguf", quantization: str = "
         stage.replace(final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        if new_root:  # the folder this export created, unless another export has files there now
+            try:
+                final.parent.rmdir()
+            except OSError:
+                pass
         raise
     files = [str(final / f) for f in result["files"]]
     primary = final if fmt == "merged" else final / result["primary"]
@@ -326,13 +332,14 @@ def _export_into(src: _Source, fmt: str, quantization: str, stage: Path, say: Pr
     if fmt == "merged":
         say(0.1, "merging the adapter into its base")
         _merge(src, work)
-        out_dir = stage / "model"
-        work.rename(out_dir)
-        for f in ("modelforge.json",):
-            if (src.model_dir / f).is_file():
-                shutil.copy2(src.model_dir / f, out_dir / f)
-        result = {"files": ["model"], "primary": "model"}
-        result["verification"] = _verify_merged(src, out_dir, max_rows, say) if verify else {"skipped": True}
+        for p in work.iterdir():  # the folder itself is the product: model, tokenizer, card
+            p.rename(stage / p.name)
+        work.rmdir()
+        if (src.model_dir / "modelforge.json").is_file():
+            shutil.copy2(src.model_dir / "modelforge.json", stage / "modelforge.json")
+        result = {"files": sorted(p.name for p in stage.iterdir()), "primary": ""}
+        result["verification"] = (_verify_merged(src, stage, max_rows, say) if verify
+                                  else {"skipped": True, "warnings": []})
         return result
 
     shutil.copy2(Path(src.base_path) / "config.json", work / "config.json") \

@@ -45,7 +45,11 @@ class ChatShape:
 
 
 def _render(tokenizer, messages, gen=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    except Exception as exc:  # noqa: BLE001 - a template may refuse a conversation shape
+        raise ValueError(f"the chat template cannot render a {'/'.join(m['role'] for m in messages)} "
+                         f"conversation: {exc}") from None
 
 
 def derive_shape(tokenizer) -> ChatShape:
@@ -76,10 +80,7 @@ def derive_shape(tokenizer) -> ChatShape:
     if not head_u.endswith(prefix["user"]):
         raise ValueError("the first user turn starts differently from the others")
     preamble = head_u[: len(head_u) - len(prefix["user"])]
-    try:
-        with_sys = _render(tokenizer, [{"role": "system", "content": _Y}, {"role": "user", "content": _X}])
-    except Exception as exc:  # noqa: BLE001 - a template may refuse system messages
-        raise ValueError(f"the chat template refuses a system message: {exc}") from None
+    with_sys = _render(tokenizer, [{"role": "system", "content": _Y}, {"role": "user", "content": _X}])
     tail = prefix["user"] + _X + tail_u
     if not (with_sys.startswith(preamble) and with_sys.endswith(tail) and with_sys.count(_Y) == 1):
         raise ValueError("the system message is not a turn of its own in the chat template")
@@ -228,7 +229,11 @@ def check_template(tokenizer, template: str) -> list[str]:
     (with the generation prompt, as Ollama's chat uses it); empty: identical."""
     problems = []
     for conv in SAMPLE_CONVERSATIONS:
-        want = _render(tokenizer, conv, gen=True)
+        try:
+            want = _render(tokenizer, conv, gen=True)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
         got = render_go_template(template, conv)
         if got != want:
             problems.append(f"{len(conv)}-message conversation: TEMPLATE gives {got!r}, chat template {want!r}")
