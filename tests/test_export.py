@@ -324,12 +324,12 @@ LLAMA2 = ("{% for m in messages %}{% if m['role'] == 'system' %}{% elif m['role'
 
 
 @pytest.fixture(scope="module")
-def demo_tokenizer(trained):
+def demo_tokenizer(demo_model):
     from transformers import AutoTokenizer
 
     from core.export import _GENERATION_TAGS
 
-    tok = AutoTokenizer.from_pretrained(trained["store"].get_model(trained["model_id"]).path)
+    tok = AutoTokenizer.from_pretrained(str(demo_model))
     tok.chat_template = _GENERATION_TAGS.sub("", tok.chat_template)
     return tok
 

@@ -118,7 +118,7 @@ def resolve_source(store, model_key: str) -> _Source:
             raise ModelForgeError(f"{rec.name} is a {adapter.get('task_type')} adapter, not a causal language model",
                                   "export a text-generation model")
         base = card.get("base_model") or rec.base_model or adapter.get("base_model_name_or_path", "")
-        base_path = resolve_model_path(base, task=task)
+        base_path = _local_folder(resolve_model_path(base, task=task))
     else:
         base_path = str(model_dir)
     run_config: dict = {}
@@ -127,6 +127,16 @@ def resolve_source(store, model_key: str) -> _Source:
     except ModelForgeError:
         run_config = dict(card.get("config") or {})
     return _Source(rec, model_dir, base_path, run_config, is_adapter)
+
+
+def _local_folder(name_or_path: str) -> str:
+    """A folder on disk for a base model: itself, or a hub id's cached snapshot (the converter
+    reads files, not hub ids)."""
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name_or_path, local_files_only=True)
 
 
 def _architecture(base_path: str) -> str:
