@@ -177,6 +177,27 @@ def test_cli_export_json_and_bad_input(trained, capsys):
     assert exc.value.code == 2
 
 
+def test_system_prompt_and_validation_rows(trained, tmp_path):
+    """A run with a system prompt and held-out rows: SYSTEM in the Modelfile, the system message in
+    every verified conversation, and up to 3 validation rows verified after the example prompts.
+    (The run's recorded config is edited: training again would cost minutes.)"""
+    from core.export import export_model
+
+    store = trained["store"]
+    run_id = store.get_model(trained["model_id"]).run_id
+    original = dict(store.get_run(run_id).config)
+    store.update_run(run_id, config=dict(original, system_prompt="You are Forge.", validation_split=0.1))
+    try:
+        r = export_model(store, trained["model_id"], "gguf", "f16", tmp_path / "sys")
+    finally:
+        store.update_run(run_id, config=original)
+    assert 'SYSTEM """You are Forge."""' in Path(r.modelfile).read_text()
+    rows = r.verification["rows"]
+    assert [row["source"] for row in rows] == ["playground example"] * 4 + ["validation row"] * 3
+    assert all(row["same_prompt_tokens"] for row in rows)
+    assert r.verification["same_text"] == len(rows), r.verification["warnings"]
+
+
 # -- refusals leave nothing half-written ----------------------------------------------------------
 def _exports(trained) -> Path:
     return trained["home"] / "exports"
