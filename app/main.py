@@ -18,11 +18,11 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from dataclasses import fields
 from typing import Any
 
-from core.config import TASKS, RunConfig, coerce, field_choices, field_problems, load_yaml
+from core.checks import field_choices, parse_config
+from core.config import TASKS, RunConfig, load_yaml
 
 EXIT_OK, EXIT_FAULT, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -142,31 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """--config YAML first, then every flag that was given.
+    """--config YAML first, then every flag that was given, through the one parser of config
+    values (:func:`core.checks.parse_config`), which the form uses too.
 
     Raises:
-        ConfigError: a bad YAML file or a flag value of the wrong type (all problems at once).
+        ConfigError: a bad YAML file or flag values of the wrong type, out of range or not one of
+            their choices (all problems at once, each naming its flag).
     """
-    from core.errors import ConfigError, Problem
-
     base = load_yaml(args.config) if args.config else RunConfig()
-    data = base.to_dict()
-    problems, converted = [], []
-    for f in fields(RunConfig):
-        value = getattr(args, f"cfg_{f.name}", None)
-        if value is None:
-            continue
-        try:
-            data[f.name] = coerce(f, value)
-            converted.append(f)
-        except ValueError as exc:
-            problems.append(Problem(str(exc), "see `modelforge train --help`", field="--" + f.name.replace("_", "-")))
-    if problems:  # one answer: the well-typed flags' range and choice problems too
-        for f in converted:
-            problems += [Problem(p.message, p.hint, field="--" + f.name.replace("_", "-"))
-                         for p in field_problems(f, data[f.name])]
-        raise ConfigError("Some command-line values are invalid.", problems=problems)
-    return RunConfig.from_dict(data)
+    given = {f.name: getattr(args, f"cfg_{f.name}") for f in fields(RunConfig)
+             if getattr(args, f"cfg_{f.name}", None) is not None}
+    return parse_config(given, base, source="the command line", flags=True)
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -177,33 +163,28 @@ def _services():
 
 
 def cmd_train(args) -> int:
-    from core.engine import preflight, prepare_run, run_training
-    from core.errors import ConfigError
+    from core.checks import run_checks
+    from core.engine import run_training
+    from core.errors import ConfigError, ModelForgeError
     from core.events import EventLog
-    from core.jobs import last_checkpoint
+    from core.run import create_run, resumable
 
     services = _services()
     store = services.store
     resume_from = None
     if args.resume:
-        run = store.get_run(args.resume)
-        if run.status == "completed":
-            raise ConfigError(f"run {run.id} already completed", "start a new run instead")
-        if run.status in ("running", "queued"):
-            raise ConfigError(f"run {run.id} is {run.status} in another process")
-        resume_from = last_checkpoint(run.output_dir)
-        if resume_from is None:
-            raise ConfigError(f"run {run.id} has no checkpoint to resume from", "start it again as a new run")
-        config = RunConfig.from_dict(run.config, source=f"run {run.id}")
-        run_id, run_dir = run.id, __import__("pathlib").Path(run.output_dir)
+        try:
+            config, run_dir, resume_from = resumable(store, args.resume)
+        except ModelForgeError as exc:  # the same rule as the app's Resume, as a bad-input exit
+            raise ConfigError(exc.message, exc.hint) from None
+        run_id = args.resume
         store.update_run(run_id, status="queued", error=None, finished_at=None)
     else:
-        config = config_from_args(args)
-        problems = preflight(config)
-        if problems:
-            raise ConfigError(f"Cannot start: {len(problems)} problem(s) found before training.", problems=problems,
-                              hint="fix them and run again; nothing was recorded")
-        config, run_id, run_dir = prepare_run(config, store)
+        checked = run_checks(config_from_args(args))
+        if checked.problems:
+            raise ConfigError(f"Cannot start: {len(checked.problems)} problem(s) found before training.",
+                              problems=checked.problems, hint="fix them and run again; nothing was recorded")
+        config, run_id, run_dir = create_run(checked.config, store)
 
     events = EventLog(run_id)
     events.subscribe(_ProgressPrinter(quiet=args.json))
@@ -272,14 +253,14 @@ class _ProgressPrinter:
 
 
 def cmd_validate(args) -> int:
+    from core.checks import validate_file
     from core.config import parse_mapping
-    from core.data import validate_file
 
     tokenizer = None
     if args.model:
         from transformers import AutoTokenizer
 
-        from core.providers.huggingface import prepare_tokenizer, resolve_model_path
+        from core.models import prepare_tokenizer, resolve_model_path
 
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_model_path(args.model)))
     try:
@@ -434,9 +415,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_hardware(args) -> int:
-    from core.hardware import probe, summary_lines
+    from core.checks import hardware_report
+    from core.hardware import summary_lines
 
-    report = probe()
+    report = hardware_report()
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
@@ -483,13 +465,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _log_fault() -> str:
-    from core.paths import logs_dir
+    from core.paths import log_fault
 
-    path = logs_dir() / "modelforge.log"
-    logging.basicConfig(filename=path, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("modelforge").error("unexpected fault:\n%s", traceback.format_exc())
-    return str(path)
+    return log_fault("the command line")
 
 
 if __name__ == "__main__":

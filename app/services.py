@@ -25,7 +25,7 @@ def go_offline_if_hub_unreachable() -> bool:
     """
     if "HF_HUB_OFFLINE" in os.environ:
         return os.environ["HF_HUB_OFFLINE"] == "1"
-    from core.providers.huggingface import hub_reachable
+    from core.models import hub_reachable
 
     if hub_reachable(timeout=1.5):
         return False

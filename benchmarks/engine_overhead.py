@@ -172,7 +172,7 @@ def _resolved_precision() -> tuple[str, str]:
     """(weights, trainer) precision that ModelForge's ``precision: auto`` gives on this CPU."""
     from core.config import RunConfig
     from core.engine import _train_dtype
-    from core.providers.huggingface import pick_dtype
+    from core.models import pick_dtype
 
     return pick_dtype("auto"), _train_dtype(RunConfig(), "cpu")
 

@@ -139,11 +139,10 @@ def write_rows(path: Path, rows: int, words: int) -> None:
 def leg(spec: dict) -> dict:
     """Train ``steps`` SFT steps with one provider; time the steps after ``warmup``; peak memory."""
     provider_name, quant = LEGS[spec["leg"]]
-    from core.providers import registry
+    from core.registry import PROVIDERS
 
-    provider = registry.get(provider_name)          # NotAvailableError: the provider's reason
-    if hasattr(provider, "prepare"):
-        provider.prepare()                          # unsloth before transformers/trl/peft
+    provider = PROVIDERS.require(provider_name)     # NotAvailableError: the provider's reason
+    provider.prepare()                              # unsloth before transformers/trl/peft
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -179,7 +178,7 @@ def leg(spec: dict) -> dict:
                      report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0,
                      gradient_checkpointing=spec["gradient_checkpointing"], bf16=bf16 and cuda, fp16=False,
                      use_cpu=not cuda, max_length=spec["max_length"], packing=False, dataset_num_proc=None)
-    peft = None if getattr(model, "_modelforge_peft_applied", False) else lora_config(config)
+    peft = None if provider.applies_adapter else lora_config(config)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -222,6 +221,131 @@ def run_leg(name: str, spec: dict, env: dict, timeout: int) -> dict:
     return got
 
 
+# -- calibration of the memory estimate: what one layer and the head need, measured ----------------
+CALIBRATION = [  # (layers, lora_dropout, gradient_checkpointing, seq_len)
+    (2, 0.0, False, 512), (4, 0.0, False, 512), (2, 0.05, False, 512), (4, 0.05, False, 512),
+    (2, 0.05, True, 512), (4, 0.05, True, 512), (2, 0.05, False, 1024), (4, 0.05, False, 1024),
+]
+
+
+def calibrate(spec: dict) -> dict:
+    """Peak memory of one training step above the model + adapters + optimizer, per configuration.
+
+    The model is ``spec["shape"]`` with fewer layers (built on the device, random), LoRA r=16 on all
+    linear layers, bf16 weights under bf16 autocast (how trl trains), AdamW. Two layer counts per
+    setting give the cost of one layer (the difference) and of everything else (embeddings, head,
+    logits and loss): the two terms of :func:`core.memory.estimate`'s activations.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cuda = torch.cuda.is_available()  # the CPU (dry run) checks the plumbing; its figures mean nothing
+    device = "cuda" if cuda else "cpu"
+    out = []
+    for layers, dropout, ckpt, seq in CALIBRATION:
+        if cuda:
+            torch.cuda.empty_cache()
+        config = LlamaConfig(**{**spec["shape"], "num_hidden_layers": layers})
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=dropout,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        ids = torch.randint(0, config.vocab_size, (spec["batch_size"], min(seq, spec["max_length"] * 4)), device=device)
+
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # the optimizer's states now exist
+        base = peak = 0
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        out.append({"layers": layers, "lora_dropout": dropout, "gradient_checkpointing": ckpt,
+                    "seq_len": ids.shape[1], "batch_size": spec["batch_size"], "static_gib": base / GIB,
+                    "step_gib": (peak - base) / GIB})
+        del model, opt, ids
+    return {"status": "ok", "points": out}
+
+
+# -- ModelForge's own path: the CLI, as a user runs it ------------------------------------------------
+ENGINE_LEGS = {
+    # name: the flags beyond the common ones, and what it needs installed
+    "engine-qlora": (["--strategy", "qlora"], ["trl", "datasets", "peft", "bitsandbytes", "sqlmodel"]),
+    "engine-lora": (["--strategy", "sft"], ["trl", "datasets", "peft", "sqlmodel"]),
+    "engine-unsloth": (["--strategy", "sft", "--provider", "unsloth"],
+                       ["trl", "datasets", "peft", "sqlmodel", "unsloth"]),
+}
+
+
+def cli(args: list[str], env: dict, timeout: int) -> tuple[int, dict | None, str]:
+    """Run ``python -m app.main ARGS``: exit code, its last stdout line as JSON (or None), stderr's tail."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "app.main", *args], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, None, f"did not finish in {timeout} s"
+    lines = proc.stdout.strip().splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        last = None
+    return proc.returncode, last, " | ".join(proc.stderr.strip().splitlines()[-3:])[-600:]
+
+
+def engine_leg(name: str, spec: dict, env: dict, timeout: int) -> dict:
+    """``modelforge train`` on the leg's model and data, then ``generate`` with and without the adapter.
+
+    Checks what the direct legs cannot: the engine's own choices (``precision: auto``, the qlora
+    strategy's 4-bit base, the provider), that the loss falls, and that the saved adapter reloads
+    through the model records (``generate --model MODEL_ID``) and answers differently from the base.
+    """
+    flags, _ = ENGINE_LEGS[name]
+    start = time.perf_counter()
+    code, out, err = cli(["train", "--model", spec["model_dir"], "--dataset", spec["data"], *flags,
+                          "--max-steps", str(spec["engine_steps"]), "--batch-size", str(spec["batch_size"]),
+                          "--max-length", str(spec["max_length"]), "--learning-rate", "1e-3", "--logging-steps", "1",
+                          "--validation-split", "0", "--save-steps", "1000", "--name", name, "--json"], env, timeout)
+    got: dict = {"exit": code, "train_wall_s": round(time.perf_counter() - start, 1)}
+    if code != 0 or not out or out.get("status") != "completed":
+        return {**got, "status": "failed", "detail": (out or {}).get("error") or err}
+    events = [json.loads(line) for line in (Path(out["output_dir"]) / "events.jsonl").read_text().splitlines()]
+    steps = [e["data"] for e in events if e["type"] == "step"]
+    losses = [d["loss"] for d in steps if d.get("loss") is not None]
+    speeds = [d["tokens_per_second"] for d in steps if d.get("tokens_per_second")]
+    got.update(status="ok", model_id=out["model_id"], first_loss=losses[0] if losses else None,
+               last_loss=losses[-1] if losses else None, loss_fell=bool(losses) and losses[-1] < losses[0],
+               tokens_per_s=speeds[-1] if speeds else None,
+               max_memory_mb=max((d.get("memory_mb") or 0) for d in steps) if steps else None,
+               logs=[e["data"]["message"] for e in events if e["type"] == "log"][:8])
+    answers = {}
+    for which, extra in (("tuned", []), ("base", ["--base"])):
+        code, gen, err = cli(["generate", "--model", out["model_id"], "--prompt", "forge", "--max-new-tokens", "12",
+                              *extra, "--json"], env, timeout)
+        answers[which] = gen.get("answer") if code == 0 and gen else f"failed (exit {code}): {err}"
+    got["answers"] = answers
+    got["adapter_reloads"] = not answers["tuned"].startswith("failed")
+    got["tuned_differs_from_base"] = answers["tuned"] != answers["base"]
+    if not got["loss_fell"] or not got["adapter_reloads"]:
+        got["status"] = "failed"
+        got["detail"] = "the loss did not fall" if not got["loss_fell"] else "the adapter did not reload"
+    return got
+
+
 # -- the check ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder to install the wheels into and run with (default: a temporary one)")
     parser.add_argument("--install-only", action="store_true", help="install the wheels into --site, then stop")
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and gpu_check.md")
-    parser.add_argument("--only", default=",".join(LEGS), help=f"legs to run, of: {', '.join(LEGS)}")
+    parser.add_argument("--only", default=",".join([*LEGS, *ENGINE_LEGS]),
+                        help=f"legs to run, of: {', '.join([*LEGS, *ENGINE_LEGS, 'calibrate'])}")
+    parser.add_argument("--engine-steps", type=int, default=None, help="steps per engine leg (default 30, 8 dry)")
     parser.add_argument("--dry-run", action="store_true", help="the tiny model on the CPU: checks the plumbing")
     parser.add_argument("--steps", type=int, default=None, help="steps per leg (default 12 on a GPU, 2 dry)")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -244,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.leg:
         try:
-            out = leg(json.loads(args.leg))
+            spec = json.loads(args.leg)
+            out = calibrate(spec) if spec["leg"] == "calibrate" else leg(spec)
         except Exception as exc:  # noqa: BLE001 - a leg that cannot run says why; the others go on
             from core.errors import NotAvailableError
 
@@ -278,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = {"precision": precision, "steps": args.steps or (2 if dry else 12), "warmup": 0 if dry else 3,
             "batch_size": args.batch_size or (2 if dry else 4), "max_length": args.max_length or (64 if dry else 512),
             "gradient_checkpointing": args.gradient_checkpointing, "work": str(work),
+            "engine_steps": args.engine_steps or (8 if dry else 30),
             "model_dir": str(work / "model"), "data": str(work / "rows.jsonl")}
     write_rows(Path(spec["data"]), rows=spec["batch_size"] * spec["steps"] + 4, words=spec["max_length"] * 2)
     build = subprocess.run([sys.executable, __file__, "--build", json.dumps({"shape": shape, "dir": spec["model_dir"],
@@ -293,7 +421,32 @@ def main(argv: list[str] | None = None) -> int:
 
     model_config = {"model_type": "llama", **shape}
     report["model"]["params"] = param_count(model_config)
+    # What ModelForge itself sees on this machine: the GPU, and what `precision: auto` trains in.
+    code, hw, err = cli(["hardware", "--json"], env, 120)
+    report["hardware"] = ({"device": hw.get("device"), "auto_precision": hw.get("auto_precision"),
+                           "gpus": hw.get("gpus"), "summary": hw.get("summary")} if code == 0 and hw
+                          else {"error": f"exit {code}: {err}"})
+    print(f"hardware: {json.dumps(report['hardware'])[:400]}", file=sys.stderr, flush=True)
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        if name == "calibrate":  # on the CPU (dry run) only the plumbing: its figures are zeros
+            got = run_leg(name, {**spec, "shape": shape}, env, args.timeout)
+            report["calibration"] = got
+            save(report, args.out, start)
+            print(f"calibrate      {got['status']:<8} " + json.dumps(got.get("points", got.get("detail")))[:1500],
+                  file=sys.stderr, flush=True)
+            continue
+        if name in ENGINE_LEGS:
+            lack = missing(ENGINE_LEGS[name][1], env)
+            got = ({"status": "skipped", "detail": f"not installed here: {', '.join(lack)}"} if lack
+                   else engine_leg(name, spec, env, args.timeout))
+            report.setdefault("engine", {})[name] = got
+            save(report, args.out, start)
+            print(f"{name:<14} {got['status']:<8} " + (
+                f"loss {got['first_loss']:.3f} -> {got['last_loss']:.3f}, {got.get('tokens_per_s') or 0:.0f} tok/s, "
+                f"{got.get('max_memory_mb') or 0:.0f} MB, tuned {got['answers']['tuned']!r} / base "
+                f"{got['answers']['base']!r}" if got["status"] == "ok" else str(got.get("detail", ""))[:400]),
+                file=sys.stderr, flush=True)
+            continue
         provider, quant = LEGS[name]
         lack = missing(NEEDS[provider] + (["bitsandbytes"] if quant == "4bit" else []), env)
         if lack:
@@ -303,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         est = estimate(model_config, quantization=quant, lora_r=16, lora_targets="all-linear",
                        batch_size=spec["batch_size"], seq_len=spec["max_length"],
                        gradient_checkpointing=spec["gradient_checkpointing"], dtype=precision,
-                       device="cpu" if dry else "cuda")
+                       device="cpu" if dry else "cuda", lora_dropout=0.0, chunked_loss=True)
         got["estimate_gib"] = est.total / GIB
         measured = got.get("peak_rss_gib" if dry else "max_allocated_gib")
         if measured:
@@ -316,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr, flush=True)
     print(save(report, args.out, start))
     shutil.rmtree(work, ignore_errors=True)
-    return 1 if any(g["status"] == "failed" for g in report["legs"].values()) else 0
+    legs = [*report["legs"].values(), *report.get("engine", {}).values()]
+    return 1 if any(g["status"] == "failed" for g in legs) else 0
 
 
 def save(report: dict, out: Path | None, start: float) -> str:
@@ -366,6 +520,23 @@ def markdown(report: dict) -> str:
                      f"{g['estimate_gib']:.2f} | {g.get('estimate_error', 0):+.0%} | "
                      f"{g['first_loss']:.3f} -> {g['last_loss']:.3f} | {'yes' if g['four_bit'] else 'no'} |")
     lines.append("")
+    hw = report.get("hardware", {})
+    if hw:
+        lines += [f"ModelForge's hardware report: device {hw.get('device')}, `precision: auto` -> "
+                  f"**{hw.get('auto_precision')}**; {hw.get('summary') or hw.get('error', '')}", ""]
+    if report.get("engine"):
+        lines += ["`modelforge train` on the same model and data (lr 1e-3), then `modelforge generate` with "
+                  "the saved adapter and with `--base`:", "",
+                  "| leg | status | loss first -> last | tokens/s | peak MB | adapter reloads | tuned answer | base answer |",
+                  "|---|---|---|---:|---:|---|---|---|"]
+        for name, g in report["engine"].items():
+            if "first_loss" not in g or g.get("first_loss") is None:
+                lines.append(f"| {name} | {g['status']}: {str(g.get('detail', ''))[:300]} | | | | | | |")
+                continue
+            lines.append(f"| {name} | {g['status']} | {g['first_loss']:.3f} -> {g['last_loss']:.3f} | "
+                         f"{g.get('tokens_per_s') or 0:,.0f} | {g.get('max_memory_mb') or 0:,.0f} | "
+                         f"{'yes' if g['adapter_reloads'] else 'no'} | {g['answers']['tuned']!r} | {g['answers']['base']!r} |")
+        lines.append("")
     for kind, r in report["ratios"].items():
         lines.append(f"- {kind}: unsloth / huggingface speed **{r['speed_unsloth_over_hf']:.2f}x**, "
                      f"memory **{r['memory_unsloth_over_hf']:.2f}x**")

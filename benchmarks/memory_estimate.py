@@ -178,11 +178,10 @@ def worker(spec: dict) -> dict:
     from core.engine import prepare_run, run_training
     from core.events import EventLog
     from core.records import RecordStore
-    from core.strategies import registry as strategies
+    from core.registry import STRATEGIES
     from core.strategies.examples.full_finetune import FullFineTuneStrategy
 
-    strategies.names()
-    strategies.register("full", FullFineTuneStrategy)  # the documented example: no LoRA
+    STRATEGIES.register("full", FullFineTuneStrategy)  # the documented example: no LoRA
     case = Case(**spec["case"])
     device = spec.get("device", "cpu")
     config = RunConfig(

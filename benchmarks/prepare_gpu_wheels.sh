@@ -2,23 +2,22 @@
 # Prepare the wheels that benchmarks/gpu_check.py installs on a GPU machine with no network.
 #
 #   bash benchmarks/prepare_gpu_wheels.sh [DIR]        # default DIR: tmp/gpu-wheels (tmp/ is git-ignored)
-#   WITH_BNB=1 bash benchmarks/prepare_gpu_wheels.sh tmp/gpu-wheels-bnb
 #
 # Run it here, where PyPI is reachable. It downloads, without their dependencies (--no-deps), the
 # exact versions ModelForge pins of what such a machine may lack: trl, datasets and its two small
-# helpers, peft, unsloth and what unsloth imports. The GPU machine is assumed to have Python 3.12,
-# a CUDA build of torch, transformers, accelerate, huggingface_hub, safetensors, tokenizers,
-# pyarrow, pandas, xxhash, sentencepiece, protobuf, triton and torchvision (the lent machines'
-# image does: /work/.library/device/KINDS.md); gpu_check.py says what is still missing there.
+# helpers, peft, bitsandbytes, unsloth and what unsloth imports, and sqlmodel with its helpers (the
+# engine legs run `modelforge train`, which records its runs). The GPU machine is assumed to have
+# Python 3.12, a CUDA 13 build of torch, transformers, accelerate, huggingface_hub, safetensors,
+# tokenizers, pyarrow, pandas, xxhash, sentencepiece, protobuf, triton and torchvision (the lent
+# machines' image does: /work/.library/device/KINDS.md); gpu_check.py says what is still missing.
 #
-# Budget: everything that travels to the GPU machine is at most 64 MiB. unsloth's wheel alone is
-# ~29 MB and bitsandbytes' ~43 MB (it bundles its CUDA kernels for every CUDA version), so both do
-# not fit together. This script fetches the unsloth set (~40 MB) by default, and bitsandbytes only
-# with WITH_BNB=1 (then without unsloth: QLORA_ONLY). Where bitsandbytes is not already installed
-# on the GPU machine, run gpu_check.py twice: once with the default set (the provider comparison;
-# the QLoRA part is skipped and says why), once with `WITH_BNB=1` wheels (`--only qlora`).
-# Pure-python wheels serve any Python; the few compiled ones (msgspec, hf_transfer, torchao,
-# multiprocess) are fetched for CPython 3.12 on x86-64 Linux (PY=3.11 etc. to change it).
+# Budget: everything that travels to the GPU machine is at most 64 MiB. unsloth's wheel is ~29 MB,
+# ~26 MB of it the "studio" web UI that the library never imports, and bitsandbytes' is ~43 MB: it
+# bundles kernels for every CUDA, ROCm and XPU version. Both are slimmed below (studio/ dropped; only
+# the CUDA 13 and CPU kernels of bitsandbytes kept, matching the image's cu130 torch), so the whole
+# set is ~30 MB and one call runs every leg.
+# Pure-python wheels serve any Python; the compiled ones (msgspec, hf_transfer, torchao, SQLAlchemy,
+# greenlet, pydantic-core) are fetched for CPython 3.12 on x86-64 Linux (PY=3.11 etc. to change it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${1:-tmp/gpu-wheels}"
@@ -48,14 +47,37 @@ EXTRA=(
     "cut_cross_entropy==25.1.1" "tyro==1.0.17" "docstring-parser==0.18.0" "typeguard==4.6.1"
     "msgspec==0.22.0" "hf_transfer==0.1.9" "json5==0.17.3" "structlog==26.1.0" "nest-asyncio==1.6.0"
 )
-if [ "${WITH_BNB:-0}" = "1" ]; then
-    WANT=("$(pin trl)" "$(pin datasets)" "$(pin peft)" "$(pin bitsandbytes)" "dill==0.4.1" "multiprocess==0.70.19")
-else
-    WANT=("$(pin trl)" "$(pin datasets)" "$(pin peft)" "$(pin unsloth)" "${EXTRA[@]}")
-fi
+# What `python -m app.main train` imports beyond the image, at the versions the dev venv resolved.
+RECORDS=("$(pin sqlmodel)" "SQLAlchemy==2.1.9" "greenlet==3.5.6" "pydantic==2.14.4" "pydantic_core==2.50.5"
+         "annotated-types==0.8.0" "typing-inspection==0.4.5")
+WANT=("$(pin trl)" "$(pin datasets)" "$(pin peft)" "$(pin bitsandbytes)" "$(pin unsloth)" "${EXTRA[@]}" "${RECORDS[@]}")
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$DIR" "${WANT[@]}"
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$DIR" "${WANT[@]}" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+
+# Drop what nothing here loads, keeping each wheel installable (its RECORD rewritten to match).
+python3 - "$DIR" <<'EOF'
+import pathlib, re, sys, zipfile
+
+DROP = {"bitsandbytes": re.compile(r"bitsandbytes/libbitsandbytes_(?!cuda13|cpu)"),  # other CUDA/ROCm/XPU builds
+        "unsloth": re.compile(r"studio/")}                                          # unsloth's web UI
+for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
+    drop = DROP.get(wheel.name.split("-")[0])
+    if drop is None:
+        continue
+    slim = wheel.with_suffix(".slim")
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            if drop.match(info.filename):
+                continue
+            data = zin.read(info.filename)
+            if info.filename.endswith(".dist-info/RECORD"):
+                kept = [line for line in data.decode().splitlines() if not drop.match(line.split(",")[0])]
+                data = ("\n".join(kept) + "\n").encode()
+            zout.writestr(info, data)
+    slim.replace(wheel)
+EOF
 
 ls -l "$DIR"/*.whl | awk '{printf "%8.1f MB  %s\n", $5 / 1e6, $9}'
 total=$(du -cb "$DIR"/*.whl | tail -1 | cut -f1)

@@ -33,6 +33,7 @@ from benchmarks import ROOT, machine, setup_env, versions
 ORDER = ("validation_throughput", "cold_start", "generation", "useful_compute", "engine_overhead", "ui_load")
 RESULTS = ROOT / "benchmarks" / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
+GPU_DOC = ROOT / "benchmarks" / "gpu_check.md"
 
 
 def _load(name: str):
@@ -170,6 +171,9 @@ def markdown(doc: dict, images: dict[str, str], image_dir: str) -> str:
             lines += _table(keys, [[_cell(r.get(k)) for k in keys] for r in table]) + [""]
         if name in images:
             lines += [f"![{res.get('title', name)}]({image_dir}/{images[name]})", ""]
+    # The GPU check runs on a lent GPU machine, not in this suite: its write-up is kept beside it.
+    if GPU_DOC.is_file():
+        lines += [GPU_DOC.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -61,7 +61,7 @@ def child(spec: dict) -> dict:
     import transformers
     from transformers import AutoTokenizer
 
-    from core.data import validate_file
+    from core.checks import validate_file
     from core.demo_model import demo_path
 
     transformers.utils.logging.set_verbosity_error()

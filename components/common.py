@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import threading
-import traceback
 import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import gradio as gr
 
 from core.config import RunConfig, load_yaml
 from core.errors import DataError, ModelForgeError
-from core.paths import ASSETS, EXAMPLES, home, logs_dir
+from core.paths import ASSETS, EXAMPLES, fault_log_path, home, log_fault, logs_dir  # noqa: F401
 
 log = logging.getLogger("modelforge.ui")
 
@@ -102,7 +101,7 @@ class ModelCache:
                 from transformers import AutoTokenizer
 
                 from core.errors import ModelLoadError
-                from core.providers.huggingface import prepare_tokenizer, resolve_model_path
+                from core.models import prepare_tokenizer, resolve_model_path
 
                 path = resolve_model_path(model, task=task)
                 try:
@@ -138,19 +137,9 @@ class AppContext:
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def fault_log_path() -> Path:
-    return logs_dir() / "modelforge.log"
-
-
 def _log_fault(where: str) -> str:
     """Write the current traceback to the app log (never to the page); return the log path."""
-    path = fault_log_path()
-    try:
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- unexpected fault in {where}\n{traceback.format_exc()}\n")
-    except OSError:
-        log.error("unexpected fault in %s:\n%s", where, traceback.format_exc())
-    return str(path)
+    return log_fault(where)
 
 
 def to_gradio_error(exc: BaseException, where: str = "the app") -> gr.Error:
@@ -254,9 +243,9 @@ def info(message: str) -> None:
 # -- mappings and formatting ----------------------------------------------------------------------
 def mapping_to_text(mapping: dict | None) -> str:
     """``{a: b, c: d}`` -> ``a=b,c=d`` (the form of a mapping field in the form and the CLI)."""
-    if isinstance(mapping, str):
-        return mapping
-    return ",".join(f"{k}={v}" for k, v in (mapping or {}).items())
+    from core.config import mapping_text
+
+    return mapping_text(mapping)
 
 
 def parse_mapping_text(text: str | None, field_name: str = "column_map") -> dict:

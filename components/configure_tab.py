@@ -3,7 +3,7 @@
 Each field of RunConfig becomes one widget, chosen from its type and ``metadata``: a Dropdown
 for ``choices``, a Number with ``min``/``max`` for numbers, a Checkbox for booleans, a Textbox
 for text and for mappings (written ``a=b,c=d``). Sections come from ``metadata["section"]``.
-Values go back through ``RunConfig.from_dict`` (the same coercion as YAML and the CLI), so no
+Values go back through ``core.checks.parse_config`` (the one parser, also of YAML and the CLI), so no
 number is ever parsed out of a textbox here, and every bad field is reported at once.
 
 Also here: presets, YAML save/load, the equivalent ``modelforge train`` command and the
@@ -13,7 +13,6 @@ pre-flight check (validation problems and the memory estimate against what is fr
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ import gradio as gr
 
 from components.common import (AppContext, default_config, endpoint, guard, load_preset, log,
                                mapping_to_text, preset_names, problems_markdown, resolve_dataset)
-from core.config import RunConfig, config_fields, field_choices, from_yaml, to_yaml
+from core.checks import field_choices, parse_config
+from core.config import RunConfig, config_fields, from_yaml, to_command, to_yaml
 from core.errors import ConfigError, ModelForgeError, Problem
 
 FIELDS: list[dataclasses.Field] = config_fields()
@@ -76,7 +76,7 @@ def values_to_config(values: list[Any] | tuple) -> RunConfig:
     for f in FIELDS:  # an emptied number box arrives as None: say which field, as coerce does
         if data[f.name] is None and field_type(f) in ("int", "float"):
             data[f.name] = ""
-    return RunConfig.from_dict(data, source="the form")
+    return parse_config(data, source="the form")
 
 
 def config_from_mapping(overrides: dict | None, base: RunConfig | None = None) -> RunConfig:
@@ -85,25 +85,12 @@ def config_from_mapping(overrides: dict | None, base: RunConfig | None = None) -
     Raises:
         ConfigError: unknown fields or values of the wrong type.
     """
-    base = base or default_config()
-    merged = {**base.to_dict(), **(overrides or {})}
-    return RunConfig.from_dict(merged, source="config")
+    return parse_config(overrides, base or default_config(), source="config")
 
 
 def command_text(config: RunConfig) -> str:
     """The ``modelforge train`` command that runs the same configuration (non-default flags)."""
-    defaults = RunConfig()
-    parts = ["modelforge train"]
-    for f in FIELDS:
-        value = getattr(config, f.name)
-        if value == getattr(defaults, f.name):
-            continue
-        kind = field_type(f)
-        text = (mapping_to_text(value) if kind == "dict" else
-                ("true" if value else "false") if kind == "bool" else
-                f"{value:g}" if kind == "float" else str(value))
-        parts.append(f"--{f.name.replace('_', '-')} {shlex.quote(text)}")
-    return " \\\n    ".join(parts)
+    return to_command(config)
 
 
 def preset_values(name: str) -> list[Any]:
@@ -138,35 +125,17 @@ def load_yaml_file(path: str) -> RunConfig:
 
 
 def memory_check(config: RunConfig) -> tuple[bool | None, str]:
-    """(fits?, markdown) from the hardware probe and the memory estimate; None when unknown.
+    """(fits?, markdown) from the hardware probe and the memory estimate of the config as it will
+    train (its plugins' adjustments applied); None when unknown (see core.checks.memory_check)."""
+    from core.checks import adjusted
+    from core.checks import memory_check as check
 
-    Uses core.memory when it is there; a model whose config.json is not known offline (a hub id
-    outside the catalog) is reported as unknown rather than guessed.
-    """
     try:
-        from core.hardware import probe
-        from core.memory import estimate_for_run, fits, model_config_for
-    except ImportError as exc:
-        return None, f"Memory estimate not available in this version ({exc})."
-    try:
-        model_config = model_config_for(config.model)
-        if model_config is None:
-            return None, (f"Memory: no estimate for `{config.model}` offline (not in the catalog and "
-                          "not a local folder).")
-        report = probe()
-        est = estimate_for_run(config, model_config, report)
-        fit = fits(est, report)
-    except ModelForgeError as exc:
-        return None, f"Memory: no estimate ({exc.message})."
-    except Exception as exc:  # noqa: BLE001 - an estimate must never block the form
-        log.warning("memory estimate failed: %s", exc)
-        return None, f"Memory: no estimate ({type(exc).__name__})."
-    lines = [("✅ " if fit.ok else "⚠️ ") + fit.message]
-    lines += ["```", *est.breakdown_lines(), "```"]
-    if fit.fixes:
-        lines.append("Suggested fixes, in order:")
-        lines += [f"{i}. {fix}" for i, fix in enumerate(fit.fixes, 1)]
-    return fit.ok, "\n".join(lines)
+        config = adjusted(config)
+    except ModelForgeError:
+        pass  # validation reports it; the estimate of the config as given is still worth showing
+    memory = check(config)
+    return memory.ok, memory.markdown()
 
 
 @dataclass
@@ -194,16 +163,19 @@ class PreflightResult:
 
 
 def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) -> PreflightResult:
-    """Every problem with the config and its data at once, plus the memory check."""
-    from core.engine import preflight
+    """Every problem with the config and its data at once, plus the memory check (each once)."""
+    from core.checks import run_checks
 
     try:
         config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
     except ModelForgeError as exc:
         return PreflightResult(False, [Problem(exc.message, exc.hint, field="dataset")], config=config)
-    problems = preflight(config)
-    mem_ok, mem = memory_check(config) if with_memory else (None, "")
-    return PreflightResult(not problems, list(problems), mem_ok, mem, config)
+    checked = run_checks(config, with_memory=with_memory)
+    if with_memory and checked.memory.fit is None and not checked.memory.note:
+        mem_ok, mem = memory_check(config)  # stopped before the estimate (a config problem): still show it
+    else:
+        mem_ok, mem = checked.memory.ok, checked.memory.markdown()
+    return PreflightResult(not checked.problems, list(checked.problems), mem_ok, mem, config)
 
 
 # -- widgets --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ the chat template of the chosen model's tokenizer (the part the loss is computed
 "trained", the prompt "masked"), every validation problem with its file/line/field and fix, a
 token-length histogram against ``max_length`` and the train/validation split.
 
-The checking itself is :func:`core.data.validate_file`; this module only renders it.
+The checking itself is :func:`core.checks.validate_file`; this module only renders it.
 """
 
 from __future__ import annotations
@@ -268,7 +268,8 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
     Raises:
         ModelForgeError: no dataset, or a path the app may not read.
     """
-    from core.data import split_train_eval, validate_file
+    from core.checks import validate_file
+    from core.data import split_train_eval
 
     path = resolve_dataset(dataset, ctx.restrict_paths)
     tokenizer, note = None, ""

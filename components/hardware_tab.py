@@ -1,6 +1,6 @@
 """Hardware tab: what this machine has, which back-ends work, and which models fit for training.
 
-The probe (:func:`core.hardware.probe`) and the advice (:func:`core.memory.recommend`) are
+The probe (:func:`core.checks.hardware_report`) and the advice (:func:`core.memory.recommend`) are
 cheap and never import torch. A recommendation can be applied to the Configure form.
 """
 
@@ -19,7 +19,7 @@ REC_HEADERS = ["model", "method", "batch", "length", "accum.", "GiB", "note"]
 
 
 def probe_report():
-    from core.hardware import probe
+    from core.checks import hardware_report as probe
 
     return probe()
 

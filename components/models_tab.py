@@ -169,7 +169,7 @@ def push_to_hub(ctx: AppContext, model_id: str, repo_id: str, token: str, privat
         OfflineError: the Hub cannot be reached. ModelForgeError: missing input or a refused upload
             (the token never appears in the message).
     """
-    from core.providers.huggingface import hub_reachable
+    from core.models import hub_reachable
 
     if not model_id:
         raise NotFoundError("no model chosen", "pick one in the list")

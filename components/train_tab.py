@@ -252,42 +252,27 @@ def default_run(ctx: AppContext) -> str | None:
 
 
 # -- actions ----------------------------------------------------------------------------------------
-def _same_config(a: dict, b: dict) -> bool:
-    strip = lambda d: {k: v for k, v in d.items() if k != "name"}  # noqa: E731
-    return strip(a) == strip(b)
-
-
 def start_training(ctx: AppContext, config: RunConfig) -> dict:
-    """Check and submit a run. Returns {run_id, queued, message}.
+    """Check and submit a run (each check once: :func:`core.service.start`). Returns {run_id,
+    queued, message, memory_ok}.
 
     Raises:
         ConfigError: every problem with the config and its data (nothing is recorded).
         BusyError: the same configuration is already training or waiting, or the queue is full.
     """
-    from components.configure_tab import memory_check
-    from core.engine import preflight
+    from core.service import start
 
     config = config.replace(dataset=resolve_dataset(config.dataset, ctx.restrict_paths))
-    problems = preflight(config)
-    if problems:
-        raise ConfigError(f"{len(problems)} problem(s) must be fixed before training",
-                          "fix them in Configure/Dataset (Check configuration lists them too)", problems=problems)
-    for rid in [ctx.jobs.current, *ctx.jobs.waiting()]:
-        if rid and _same_config(ctx.store.get_run(rid).config, config.to_dict()):
-            raise BusyError(f"this configuration is already {ctx.store.get_run(rid).status} as run {rid}",
-                            "watch it in the Train tab, or stop it first")
-    fit_ok, fit_text = memory_check(config)
-    run_id = ctx.jobs.submit(config)
-    # Asked after submitting, of the manager itself: two Starts at the same moment must not both
-    # read "nothing is training" and both say "started".
-    pos, busy = ctx.jobs.ahead(run_id)
+    started = start(ctx.jobs, config)
+    run_id, pos, busy = started.run_id, started.position, started.behind
     if pos:
         message = (f"Run {busy} is training. Yours ({run_id}) waits in the queue (position {pos}) and starts "
                    "when it ends: one run trains at a time per device. Stop the current run to start yours sooner.")
     else:
         message = f"Run {run_id} started."
+    fit_ok = started.memory.ok
     if fit_ok is False:
-        message += " Warning: " + fit_text.splitlines()[0].lstrip("⚠️ ")
+        message += " Warning: " + started.memory.markdown().splitlines()[0].lstrip("⚠️ ")
     return {"run_id": run_id, "queued": bool(busy), "message": message, "memory_ok": fit_ok}
 
 

@@ -25,10 +25,14 @@ HEARTBEAT_EVERY_S = 5.0
 
 
 def memory_in_use_mb() -> float:
+    """The memory a step needed: on CUDA the allocator's peak since the previous report (what a run
+    must stay under, and what the memory estimate predicts), else the process's resident memory."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.memory_allocated() / 2**20
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
     import psutil
 
     return psutil.Process(os.getpid()).memory_info().rss / 2**20

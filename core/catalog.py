@@ -24,17 +24,16 @@ DEMO_MODELS = {
 
 
 def describe() -> dict:
-    from core.providers import registry as providers
-    from core.strategies import registry as strategies
+    from core.registry import PROVIDERS, STRATEGIES
 
     out: dict = {"providers": [], "strategies": [], "tasks": []}
-    for name in providers.names():
-        p = providers._REGISTRY[name]()
+    for name in PROVIDERS.names():
+        p = PROVIDERS.get(name)
         ok, why = p.available()
         out["providers"].append({"name": name, "description": p.description, "available": ok, "reason": why})
     trains: dict[str, list[str]] = {task: [] for task in TASKS}
-    for name in strategies.names():
-        s = strategies.get(name)
+    for name in STRATEGIES.names():
+        s = STRATEGIES.get(name)
         ok, why = s.available()
         if ok:
             for task in s.tasks:

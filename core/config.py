@@ -5,8 +5,10 @@ form are all generated from :class:`RunConfig`'s fields and their ``metadata``:
 
 - ``help``: the text shown by ``--help``, the YAML comments and the form.
 - ``section``: which group of the form (and of ``--help``) the field belongs to.
-- ``choices``: allowed values, checked by :func:`validate_config`.
-- ``min`` / ``max``: numeric bounds, checked by :func:`validate_config`.
+- ``choices``: allowed values, checked by :func:`config_problems`.
+- ``plugin``: the value names a plugin ("strategy" or "provider"); the allowed values are the
+  registered plugins, which this module does not know: :mod:`core.checks` checks them.
+- ``min`` / ``max``: numeric bounds, checked by :func:`config_problems`.
 
 A saved run records the whole config (``config.yaml`` in the run folder and the ``config``
 column of its record), so any result can be reproduced.
@@ -24,8 +26,6 @@ from typing import Any
 from core.errors import ConfigError, Problem
 
 TASKS = ("text-generation", "summarization", "extractive-qa")
-STRATEGIES = ("sft", "qlora", "dpo", "rlhf", "orpo", "kto")
-PROVIDERS = ("huggingface", "unsloth")
 DATA_FORMATS = (
     "auto",
     "alpaca",
@@ -68,10 +68,10 @@ class RunConfig:
         "hub id such as 'Qwen/Qwen2.5-0.5B-Instruct' (needs network the first time).",
         "model",
     )
-    provider: str = _f("huggingface", "Loading/training back-end.", "model", choices=PROVIDERS)
+    provider: str = _f("huggingface", "Loading/training back-end.", "model", plugin="provider")
     strategy: str = _f(
         "sft", "Training strategy. 'qlora' is SFT with LoRA on a 4-bit base.", "model",
-        choices=STRATEGIES,
+        plugin="strategy",
     )
     task: str = _f("text-generation", "What the model should learn to do.", "model", choices=TASKS)
     trust_remote_code: bool = _f(
@@ -245,13 +245,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "RunConfig":
+    def from_dict(cls, data: dict, source: str = "config",
+                  choices: dict[str, tuple[str, ...]] | None = None) -> "RunConfig":
         """Build from a mapping, rejecting unknown keys and wrong types (all at once).
 
         When it refuses the mapping, the answer also lists the values that have the right type
         but are out of range or not one of their choices, so that one answer names every field
-        to fix (a valid mapping is range-checked later, by :func:`validate_config`, with the
-        checks that relate fields to each other).
+        to fix (a valid mapping is range-checked later, by :func:`config_problems`, with the
+        checks that relate fields to each other). ``choices``: the allowed values of the fields
+        that name a plugin (see :func:`core.checks.parse_config`, which passes them).
 
         Raises:
             ConfigError: listing every unknown key, every value of the wrong type and every
@@ -274,7 +276,7 @@ class RunConfig:
                 problems.append(Problem(str(exc), f"give {key} a {_type_name(known[key])}", file=source, field=key))
         if problems:
             for key, value in kwargs.items():
-                problems += field_problems(known[key], value, source)
+                problems += field_problems(known[key], value, source, (choices or {}).get(key))
             raise ConfigError(f"{source} has {len(problems)} problem(s).", problems=problems)
         return cls(**kwargs)
 
@@ -283,16 +285,8 @@ class RunConfig:
 
 
 def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
-    """Allowed values of a field. Strategies and providers come from their registries, so a
-    new one (one file + one line in its registry) is accepted by the config, the CLI and the form."""
-    if f.name == "strategy":
-        from core.strategies.registry import names
-
-        return tuple(names())
-    if f.name == "provider":
-        from core.providers.registry import names as provider_names
-
-        return tuple(provider_names())
+    """Allowed values of a field as declared here. The fields that name a plugin (``plugin`` in
+    their metadata) have none here: :func:`core.checks.field_choices` adds the registered names."""
     return f.metadata.get("choices")
 
 
@@ -316,6 +310,35 @@ def parse_mapping(text: str) -> dict:
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def mapping_text(mapping: dict | str | None) -> str:
+    """``{a: b, c: d}`` -> ``a=b,c=d``: a mapping field as the CLI and the form write it."""
+    if isinstance(mapping, str):
+        return mapping
+    return ",".join(f"{k}={v}" for k, v in (mapping or {}).items())
+
+
+def to_command(config: RunConfig) -> str:
+    """The ``modelforge train`` command that runs ``config``: its non-default fields as flags.
+
+    The inverse of the CLI's parsing (``core.checks.parse_config`` with ``flags=True``), kept
+    beside the fields both are generated from.
+    """
+    import shlex
+
+    defaults = RunConfig()
+    parts = ["modelforge train"]
+    for f in fields(RunConfig):
+        value = getattr(config, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        text = (mapping_text(value) if kind == "dict" else
+                ("true" if value else "false") if kind == "bool" else
+                f"{value:g}" if kind == "float" else str(value))
+        parts.append(f"--{f.name.replace('_', '-')} {shlex.quote(text)}")
+    return " \\\n    ".join(parts)
 
 
 def coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -366,12 +389,14 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def field_problems(f: dataclasses.Field, value: Any, source: str | None = None) -> list[Problem]:
-    """What is wrong with one field's (well-typed) value on its own: not one of its choices,
-    below its minimum or above its maximum. Each Problem names the field and the fix."""
+def field_problems(f: dataclasses.Field, value: Any, source: str | None = None,
+                   choices: tuple[str, ...] | None = None) -> list[Problem]:
+    """What is wrong with one field's (well-typed) value on its own: not one of its choices
+    (``choices``, else the field's own), below its minimum or above its maximum. Each Problem
+    names the field and the fix."""
     problems: list[Problem] = []
     meta = f.metadata
-    choices = field_choices(f)
+    choices = choices or field_choices(f)
     if choices and value not in choices:
         problems.append(Problem(
             f"'{value}' is not one of: {', '.join(choices)}",
@@ -386,16 +411,20 @@ def field_problems(f: dataclasses.Field, value: Any, source: str | None = None) 
     return problems
 
 
-def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem]:
-    """Return every problem with ``config`` (empty list: valid). Never raises.
+def config_problems(config: RunConfig, check_paths: bool = True,
+                    choices: dict[str, tuple[str, ...]] | None = None) -> list[Problem]:
+    """Every problem with ``config``'s fields and their relations (empty list: valid). Never
+    raises. What the chosen plugins say about it is added by :func:`core.checks.validate_config`,
+    the complete check.
 
     Args:
         config: the run configuration.
         check_paths: also check that the dataset file exists (off for a form being edited).
+        choices: allowed values of the fields that name a plugin, by field name.
     """
     problems: list[Problem] = []
     for f in fields(config):
-        problems += field_problems(f, getattr(config, f.name))
+        problems += field_problems(f, getattr(config, f.name), choices=(choices or {}).get(f.name))
     if not config.model.strip():
         problems.append(Problem("no base model given", "use 'demo', a local folder or a hub id", field="model"))
     if not config.dataset.strip():
@@ -410,17 +439,9 @@ def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem
             f"name {config.name[:80]!r} is not allowed",
             "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             field="name"))
-    if config.strategy == "qlora" and config.quantization == "8bit":
-        problems.append(Problem("qlora means a 4-bit base; 8-bit contradicts it",
-                                "use strategy sft with quantization 8bit, or quantization 4bit",
-                                field="quantization"))
     if not config.lora_target_modules.strip():
         problems.append(Problem("no LoRA target modules", "use 'all-linear'", field="lora_target_modules"))
     problems += distributed_problems(config)
-    # Which strategies fit which task is declared by the strategies themselves.
-    from core.strategies.registry import task_problems
-
-    problems += task_problems(config)
     return problems
 
 
@@ -442,10 +463,7 @@ def distributed_problems(config: RunConfig) -> list[Problem]:
             "several machines need the address of the main one",
             "set main_process_ip to the address of the machine with machine_rank 0",
             field="main_process_ip"))
-    if config.provider == "unsloth":
-        problems.append(Problem("unsloth trains on one GPU only", "use provider huggingface for "
-                                "num_processes > 1, or num_processes 1", field="provider"))
-    if config.distributed != "ddp" and (config.quantization != "none" or config.strategy == "qlora"):
+    if config.distributed != "ddp" and config.quantization != "none":
         problems.append(Problem(
             f"a 4-bit or 8-bit base trains in several processes with ddp only, not {config.distributed}",
             "set distributed to ddp (each GPU holds the small quantised base)", field="distributed"))
@@ -456,18 +474,6 @@ def _looks_like_path(text: str) -> bool:
     """A hub dataset id is 'org/name' with no extension; anything else is a local path."""
     p = text.strip()
     return p.startswith((".", "/", "~")) or Path(p).suffix.lower() in (".json", ".jsonl", ".csv", ".parquet") or Path(p).exists()
-
-
-def check_config(config: RunConfig, check_paths: bool = True) -> RunConfig:
-    """Validate and return ``config``.
-
-    Raises:
-        ConfigError: listing every problem at once.
-    """
-    errors = [p for p in validate_config(config, check_paths) if p.severity == "error"]
-    if errors:
-        raise ConfigError(f"The run configuration has {len(errors)} problem(s).", problems=errors)
-    return config
 
 
 # -- YAML -------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ for ``num_processes > 1``, the engine hands it to :func:`run_distributed`, which
 4. stops it on request: the run's stop file (``distributed/stop``) is checked by every rank after
    each optimizer step and agreed through an all-reduce, so all ranks stop after the same step
    and save a checkpoint; SIGTERM follows if the processes do not end in time, SIGKILL after that;
-5. returns rank 0's :class:`~core.engine.RunResult`; when the processes died without one, it
+5. returns rank 0's :class:`~core.run.RunResult`; when the processes died without one, it
    records the run as failed (or cancelled, after a stop) and emits the terminal event itself.
 
 Resume works as for one process: the engine passes ``resume_from`` and every rank resumes from
@@ -46,9 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import RunConfig
 from core.errors import ModelForgeError, Problem
+from core.models import train_dtype
+from core.registry import PROVIDERS, STRATEGIES
+from core.run import RunResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from core.engine import RunResult
     from core.events import EventLog
     from core.records import RecordStore
 
@@ -97,21 +99,6 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def device_map(config: RunConfig, cuda: bool) -> Any:
-    """The ``device_map`` for ``from_pretrained`` in this process (for the model providers).
-
-    One process: "auto" on CUDA (a model too big for one GPU is spread over all of them), None
-    on CPU. In a multi-process run every process needs its own copy on its own GPU for DDP
-    (``{"": LOCAL_RANK}``; also what a 4-bit base needs), while FSDP and DeepSpeed place and shard
-    the model themselves (None: loaded on the CPU first).
-    """
-    if world_size() <= 1:
-        return "auto" if cuda else None
-    if not cuda or config.distributed != "ddp":
-        return None
-    return {"": int(os.environ.get("LOCAL_RANK", "0") or 0)}
-
-
 def wants_launch(config: RunConfig) -> bool:
     """Whether the engine should hand this run to :func:`run_distributed`."""
     return (config.num_processes > 1 or config.num_machines > 1) and not is_worker()
@@ -120,10 +107,12 @@ def wants_launch(config: RunConfig) -> bool:
 def wants_own_process(config: RunConfig) -> bool:
     """Whether a one-process run should still train in a child process when the caller lives on
     (the app): its provider patches libraries for the whole process (unsloth patches transformers,
-    peft and trl at import), which would change every later run and the Playground's models."""
-    from core.providers.registry import patches_process
-
-    return not is_worker() and patches_process(config.provider)
+    peft and trl at import), which would change every later run and the Playground's models.
+    Each plugin declares it (``own_process``)."""
+    if is_worker():
+        return False
+    return any(plugin is not None and plugin.own_process
+               for plugin in (PROVIDERS.find(config.provider), STRATEGIES.find(config.strategy)))
 
 
 def _single(config: RunConfig) -> bool:
@@ -345,7 +334,6 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
 
     Never raises (but a second Ctrl-C, KeyboardInterrupt, ends the processes and propagates).
     """
-    from core.engine import RunResult, _train_dtype
     from core.events import EventLog
     from core.records import utcnow
 
@@ -386,7 +374,7 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
             return fail(f"cannot launch {config.num_processes} processes: " + "; ".join(p.message for p in problems),
                         problems[0].hint, problems=problems)
         device = "cuda" if gpus else "cpu"
-        dtype = _train_dtype(config, device)
+        dtype = train_dtype(config, device)
         from core.demo_model import demo_path, is_demo
 
         if is_demo(config.model):

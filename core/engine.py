@@ -15,199 +15,34 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import RunConfig, check_config, save_yaml
-from core.errors import DataError, ModelForgeError, TrainingError
+from core import distributed
+from core.checks import adjusted, check_config, preflight, validate_data  # noqa: F401 (preflight: re-exported)
+from core.config import RunConfig, save_yaml
+from core.errors import DataError, ModelForgeError, NotAvailableError, TrainingError
 from core.events import EventLog
-from core.paths import runs_dir
+from core.models import device as _device
+from core.models import train_dtype
 from core.records import ModelRecord, RecordStore, new_id
+from core.registry import PROVIDERS, STRATEGIES
+from core.run import MODEL_CARD, RunResult, TrainContext, checkpoint_complete, create_run  # noqa: F401
 
 log = logging.getLogger("modelforge.engine")
 
-MODEL_CARD = "modelforge.json"
-
-
-@dataclass
-class TrainContext:
-    """Everything a strategy needs; built by the engine, read by the strategy."""
-
-    config: RunConfig
-    run_id: str
-    run_dir: Path
-    model: Any
-    tokenizer: Any
-    train_rows: list[dict]
-    eval_rows: list[dict]
-    callbacks: list[Any]
-    device: str
-    dtype: str
-    stop_event: threading.Event
-    resume_from: str | None = None
-    trainer: Any = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.run_dir / "model"
-
-    def stopped(self) -> bool:
-        return self.stop_event.is_set()
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    status: str
-    output_dir: str
-    model_id: str | None = None
-    metrics: dict = field(default_factory=dict)
-    error: str | None = None
-    hint: str | None = None
-    fault: bool = False  # True: a bug or an environment fault, not the user's input
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def default_run_name(config: RunConfig) -> str:
-    base = Path(config.dataset).stem if config.dataset else "run"
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base)[:40].strip("-.") or "run"
-    return f"{safe}-{config.strategy}"
 
 
 def prepare_run(config: RunConfig, store: RecordStore, run_id: str | None = None) -> tuple[RunConfig, str, Path]:
-    """Validate the config and create the run record and folder (status: queued).
+    """Validate the config, apply its plugins' adjustments, and create the run record and folder
+    (status: queued), for scripts and tests. The CLI and the app check a run with the full
+    pre-flight (:func:`core.checks.run_checks`) and then record it (:func:`core.run.create_run`).
 
     Raises:
         ConfigError: every problem with the config at once.
     """
     check_config(config)
-    if not config.name:
-        config = config.replace(name=default_run_name(config))
-    run_id = run_id or new_id("run")
-    run_dir = Path(config.output_dir).expanduser() / run_id if config.output_dir else runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, run_dir / "config.yaml")
-    store.create_run(config.name, config.to_dict(), output_dir=str(run_dir), run_id=run_id)
-    return config, run_id, run_dir
-
-
-def preflight(config: RunConfig) -> list:
-    """Every problem with the config and its data file, before anything is recorded or loaded.
-
-    Checks the config fields, whether the provider can train it here (available, and able to do
-    this task/strategy/quantisation), and reads the whole dataset (no tokenizer: lengths are
-    checked again once the model's tokenizer is loaded). Returns error-severity Problems.
-    """
-    from core.config import validate_config
-    from core.data import validate_file
-    from core.providers.registry import preflight_problems
-
-    problems = [p for p in validate_config(config) if p.severity == "error"]
-    problems += [p for p in preflight_problems(config) if p.severity == "error"]
-    if problems or not config.dataset:
-        return problems
-    report = validate_file(
-        config.dataset, task=config.task, strategy=config.strategy,
-        dataset_format=config.dataset_format, column_map=config.column_map,
-        template_vars=config.template_vars, system_prompt=config.system_prompt, max_length=config.max_length,
-    )
-    problems = list(report.errors) + ([] if report.ok or report.errors else list(report.problems))
-    return problems + memory_problems(config) + disk_problems(config)
-
-
-def memory_problems(config: RunConfig) -> list:
-    """Refuse a run that the estimate says cannot fit in the free (GPU or CPU) memory, with fixes.
-
-    Unknown models (a hub id outside the catalogue, not cached) are not refused: no estimate.
-    """
-    from core.errors import ModelForgeError, Problem
-    from core.hardware import probe
-    from core.memory import estimate_for_run, fits, model_config_for
-
-    model_config = model_config_for(config.model, task=config.task)
-    if model_config is None:
-        return []
-    try:
-        report = probe()
-        result = fits(estimate_for_run(config, model_config, report), report)
-    except ModelForgeError:
-        return []
-    if result.ok:
-        return []
-    return [Problem(f"this run needs about {result.needed_gib:.1f} GiB but only {result.available_gib:.1f} GiB "
-                    f"is free on the {result.device}", "; or ".join(result.fixes[:4]) or "choose a smaller model",
-                    field="model")]
-
-
-# Besides checkpoints and the adapter: tokenizer files, trainer state, logs, events, config.
-DISK_SLACK_BYTES = 64 * 2**20
-
-
-def checkpoint_bytes(config: RunConfig) -> int | None:
-    """Disk a run will fill: its checkpoints plus the final adapter, or None when the model is unknown.
-
-    Each checkpoint holds the trainable weights (fp32, 4 bytes each) and AdamW's two fp32
-    moments (8 bytes each); ``save_total_limit + 1`` exist at once, because the trainer writes a
-    new checkpoint before it deletes the oldest. The trainable parameters come from the memory
-    estimate (the LoRA adapter, and any task head trained fully). rlhf trains two models.
-    """
-    from core.errors import ModelForgeError
-    from core.memory import estimate_for_run, model_config_for
-
-    model_config = model_config_for(config.model, task=config.task)
-    if model_config is None:
-        return None
-    try:
-        trainable = estimate_for_run(config, model_config).trainable_params
-    except ModelForgeError:
-        return None
-    per_checkpoint = trainable * (4 + 8)
-    total = (config.save_total_limit + 1) * per_checkpoint + trainable * 4
-    if config.strategy == "rlhf":
-        total *= 2
-    return int(total) + DISK_SLACK_BYTES
-
-
-def run_parent_dir(config: RunConfig) -> Path:
-    """The folder a run's folder is created in (``output_dir``, or MODELFORGE_HOME/runs)."""
-    return Path(config.output_dir).expanduser() if config.output_dir else runs_dir()
-
-
-def disk_problems(config: RunConfig) -> list:
-    """Refuse a run whose checkpoints and model cannot fit on the disk of its run folder."""
-    from core.errors import Problem
-
-    needed = checkpoint_bytes(config)
-    if needed is None:
-        return []
-    where = run_parent_dir(config)
-    probe_at = where
-    while not probe_at.exists() and probe_at.parent != probe_at:
-        probe_at = probe_at.parent  # output_dir may not exist yet: measure the disk it will be on
-    try:
-        free = shutil.disk_usage(probe_at).free
-    except OSError:
-        return []
-    if needed <= free:
-        return []
-    gib = 2**30
-    return [Problem(f"this run writes about {needed / gib:.2f} GiB of checkpoints and model, but only "
-                    f"{free / gib:.2f} GiB is free on the disk of {where}",
-                    f"free disk space, lower save_total_limit (now {config.save_total_limit}), or set "
-                    "output_dir (or MODELFORGE_HOME) to a larger disk", field="output_dir")]
-
-
-def checkpoint_complete(path: str | Path) -> bool:
-    """A checkpoint folder the trainer finished writing (``trainer_state.json`` is written last)."""
-    return (Path(path) / "trainer_state.json").is_file()
+    return create_run(adjusted(config), store, run_id)
 
 
 def _remove_incomplete_checkpoints(run_dir: Path) -> list[str]:
@@ -220,20 +55,15 @@ def _remove_incomplete_checkpoints(run_dir: Path) -> list[str]:
     return removed
 
 
-def load_data(config: RunConfig, tokenizer: Any, data_kinds: tuple[str, ...]) -> tuple[list, list, Any]:
-    """Validate and split the dataset.
+def load_data(config: RunConfig, tokenizer: Any) -> tuple[list, list, Any]:
+    """Validate and split the dataset (with the model's tokenizer: lengths are checked too).
 
     Raises:
         DataError: listing every problem (file, line, field, fix).
     """
-    from core.data import split_train_eval, validate_file
+    from core.data import split_train_eval
 
-    report = validate_file(
-        config.dataset, task=config.task, strategy=config.strategy,
-        dataset_format=config.dataset_format, column_map=config.column_map,
-        template_vars=config.template_vars, system_prompt=config.system_prompt,
-        tokenizer=tokenizer, max_length=config.max_length,
-    )
+    report = validate_data(config, tokenizer)
     if not report.ok:
         raise DataError(f"{config.dataset} cannot be used for {config.strategy}/{config.task}.",
                         "fix the rows listed, or choose a strategy that fits the data",
@@ -245,30 +75,8 @@ def load_data(config: RunConfig, tokenizer: Any, data_kinds: tuple[str, ...]) ->
     return train, evaluation, report
 
 
-def _device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def _train_dtype(config: RunConfig, device: str) -> str:
-    """Mixed-precision mode for the trainer ('bf16', 'fp16' or 'fp32'): the config's precision,
-    with "auto" resolved by :func:`core.hardware.auto_precision`, the one rule that the provider
-    loads the weights with (:func:`core.providers.huggingface.pick_dtype`) and that the hardware
-    report and the memory estimate show."""
-    if config.precision != "auto":
-        return config.precision
-    if device == "cpu":
-        from core.hardware import auto_precision
-
-        return auto_precision("cpu")
-    from core.providers.huggingface import pick_dtype
-
-    return pick_dtype("auto")  # asks torch whether the GPU has native bf16
+# The name an older test and benchmark import (the rule itself lives in core.models).
+_train_dtype = train_dtype
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
@@ -301,10 +109,6 @@ def run_training(
     ``long_lived``: the caller is a process that goes on after the run (the app's job manager),
     so a provider that patches libraries process-wide (unsloth) trains in a child process.
     """
-    from core import distributed
-    from core.providers import registry as providers
-    from core.strategies import registry as strategies
-
     if distributed.wants_launch(config) or (long_lived and distributed.wants_own_process(config)):
         # num_processes > 1: accelerate runs this function once per device; a patching provider
         # in the app: one plain child process runs it.
@@ -319,30 +123,36 @@ def run_training(
     try:
         # The provider first: its back-end may have to be imported before transformers, peft and
         # trl (unsloth patches them at import), and the strategy checks below can import trl.
-        provider = providers.get(config.provider)
-        _prepare_provider(provider)
+        provider = PROVIDERS.require(config.provider)
+        # unsloth imports itself here, before anything in this process imports transformers, peft
+        # or trl (else it warns that some of its patches are lost); only the chosen provider, and
+        # only once it is known to be available. In the app, the first run may be the only one
+        # that comes before transformers.
+        provider.prepare()
         _quiet_progress_bars()
+        # Here, not at the top: core.callback imports transformers (seconds), which the app's
+        # start-up and the CLI's --help must not wait for.
         from core.callback import EventCallback
 
-        strategy = strategies.get(config.strategy)
+        strategy = STRATEGIES.get(config.strategy)
         ok, why = strategy.available()
         if not ok:
-            from core.errors import NotAvailableError
-
             raise NotAvailableError(f"strategy '{config.strategy}' is not available: {why}",
                                     "see `modelforge info` for what works here")
-        if hasattr(strategy, "adjust_config"):
-            config = strategy.adjust_config(config)
+        # The checks applied the adjustments before the run was recorded; again here (they are
+        # idempotent) for runs recorded before that, resumed now.
+        config = adjusted(config)
         events.emit("log", message=f"loading model '{config.model}' with {provider.name}")
         model, tokenizer = _load_model(provider, config)
         events.emit("log", message=f"validating {config.dataset}")
-        train_rows, eval_rows, report = load_data(config, tokenizer, strategy.data_kinds)
+        train_rows, eval_rows, report = load_data(config, tokenizer)
         events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
                                    f"(format: {report.format})")
         device = _device()
         ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
                            train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,
-                           dtype=_train_dtype(config, device), stop_event=stop_event, resume_from=resume_from)
+                           dtype=train_dtype(config, device), stop_event=stop_event, resume_from=resume_from,
+                           adapter_applied=provider.applies_adapter)
         callback = EventCallback(events, store, run_id, stop_event)
         ctx.callbacks.append(callback)
         ctx.callbacks.append(_nan_guard())
@@ -383,17 +193,6 @@ def run_training(
         _detach_log_file(handler)
         ctx = None  # the model, optimizer and trainer go now, not at the next run: after an
         _release_memory()  # out-of-memory failure the app must be able to train again
-
-
-def _prepare_provider(provider: Any) -> None:
-    """Call the provider's optional ``prepare()`` hook (see core/providers/registry.py): unsloth
-    imports itself there, before anything in this process imports transformers, peft or trl
-    (else it warns that some of its patches are lost). Only the chosen provider, and only once
-    ``providers.get`` found it available: unsloth is never imported otherwise. In the app, the
-    first run of the process may be the only one that comes before transformers."""
-    prepare = getattr(provider, "prepare", None)
-    if prepare is not None:
-        prepare()
 
 
 def _load_model(provider: Any, config: RunConfig) -> tuple[Any, Any]:

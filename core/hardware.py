@@ -30,24 +30,23 @@ from pathlib import Path
 GIB = 1024**3
 
 # Back-ends reported, with the distribution names to look up (first found wins). Optional
-# back-ends are never imported here: importing unsloth patches transformers for the whole process
-# (and fails without its CUDA stack), and importing torch/transformers/gradio costs seconds.
-# unsloth's status comes from core.providers.unsloth.status, which tries the import in a child
-# process only when unsloth is installed beside a usable GPU, and caches the answer.
+# back-ends are never imported here: importing torch/transformers/gradio costs seconds. A
+# provider whose back-end needs a closer look than "installed?" (one that patches libraries at
+# import) gives its own line: :func:`core.checks.hardware_report` asks each provider's
+# ``backend_status`` and sets it here, so this module knows no provider.
 BACKENDS: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "transformers": ("transformers",),
     "peft": ("peft",),
     "trl": ("trl",),
     "bitsandbytes": ("bitsandbytes",),
-    "unsloth": ("unsloth",),
     "flash_attn": ("flash_attn", "flash-attn"),
     "accelerate": ("accelerate",),
     "datasets": ("datasets",),
     "gradio": ("gradio",),
 }
 # Back-ends that only do anything on an NVIDIA GPU.
-_GPU_ONLY = {"unsloth", "flash_attn"}
+_GPU_ONLY = {"flash_attn"}
 _INSTALL_HINT = {
     "flash_attn": "pip install flash-attn --no-build-isolation (NVIDIA GPUs only)",
 }
@@ -209,7 +208,7 @@ def probe(data_dir: str | Path | None = None) -> HardwareReport:
         ("CPU", _probe_cpu),
         ("memory", _probe_ram),
         ("disk", lambda r: _probe_disk(r, data_dir)),
-        ("NVIDIA GPUs", _probe_nvidia),
+        ("NVIDIA GPUs", probe_nvidia),
         ("Apple MPS", _probe_mps),
         ("installed back-ends", _probe_backends),
     )
@@ -317,7 +316,7 @@ def _probe_disk(report: HardwareReport, data_dir: str | Path | None) -> None:
         report.problems.append(report.disk.reason)
 
 
-def _probe_nvidia(report: HardwareReport) -> None:
+def probe_nvidia(report: HardwareReport) -> None:
     try:
         import pynvml
     except ImportError:
@@ -452,14 +451,6 @@ def _probe_backends(report: HardwareReport) -> None:
     for name, dists in BACKENDS.items():
         info = BackendInfo(name=name, version=_version(dists))
         report.backends.append(info)
-        if name == "unsloth":
-            # The provider's own answer (not installed / no supported GPU / CPU build of torch /
-            # the import error), so the Hardware tab, `modelforge info` and a refused run all give
-            # the same reason. Cheap unless unsloth is installed beside a usable GPU (see there).
-            from core.providers.unsloth import status
-
-            info.available, info.reason = status(gpus=report.gpus, gpu_reason=report.gpu_reason)
-            continue
         if info.version is None:
             info.reason = "not installed"
             if name in _INSTALL_HINT:

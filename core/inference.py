@@ -25,7 +25,7 @@ class LoadedModel:
     tokenizer: Any
     name: str
     card: dict
-    kind: str = "causal"  # "causal", "seq2seq" or "qa" (see core.providers.huggingface.MODEL_KINDS)
+    kind: str = "causal"  # "causal", "seq2seq" or "qa" (see core.models.MODEL_KINDS)
 
 
 # peft's task type of a saved adapter -> the kind of model under it.
@@ -56,7 +56,7 @@ def load_model(path_or_base: str, *, base_only: bool = False, trust_remote_code:
     import torch
     from transformers import AutoTokenizer
 
-    from core.providers.huggingface import auto_class, prepare_tokenizer, resolve_model_path
+    from core.models import auto_class, prepare_tokenizer, resolve_model_path
 
     p = Path(path_or_base).expanduser()
     card = read_card(p) if p.is_dir() else {}
@@ -99,7 +99,7 @@ def _plain_kind(path: str, task: str, trust_remote_code: bool) -> str:
     """The kind of a plain (non-adapter) model: by its task, else by its config's architecture."""
     from transformers import AutoConfig
 
-    from core.providers.huggingface import model_kind
+    from core.models import model_kind
 
     if task != "text-generation":
         return model_kind(path, task, trust_remote_code=trust_remote_code)

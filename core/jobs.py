@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import sys
 import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.checks import adjusted, check_config
 from core.config import RunConfig
-from core.engine import RunResult, checkpoint_complete, prepare_run, run_training
+from core.engine import run_training
+from core.run import RunResult, create_run, last_checkpoint, resumable  # noqa: F401 (last_checkpoint: re-exported)
 from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.events import TERMINAL, Event, EventLog, read_events
 from core.records import RecordStore
@@ -30,18 +31,6 @@ log = logging.getLogger("modelforge.jobs")
 # Finished runs whose events stay in memory (older ones are replayed from their events.jsonl):
 # an app that trains for weeks must not keep every event of every run.
 KEEP_FINISHED_LOGS = 16
-
-
-def last_checkpoint(run_dir: str | Path) -> str | None:
-    """The newest complete ``checkpoint-N`` folder of a run, or None.
-
-    A folder the trainer did not finish writing (the process was killed, or the disk filled up,
-    during a save) lacks ``trainer_state.json`` and is skipped: resuming from it would fail.
-    """
-    ckpts = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in ckpts.glob("checkpoint-*")
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and checkpoint_complete(p)]
-    return str(max(found)[1]) if found else None
 
 
 def trainer_nice() -> int:
@@ -108,14 +97,22 @@ class JobManager:
         self._worker: threading.Thread | None = None
 
     # -- submitting ---------------------------------------------------------------------------------
-    def submit(self, config: RunConfig) -> str:
+    def submit(self, config: RunConfig, checked: bool = False) -> str:
         """Validate, record and enqueue a run; return its id.
+
+        Args:
+            config: the run config.
+            checked: the caller ran the pre-flight check on it and passes the adjusted config
+                (:func:`core.service.start`): it is not validated again.
 
         Raises:
             ConfigError: the config is invalid (nothing is recorded).
             BusyError: a run is training and the queue is full, or the same configuration is
                 already training or waiting (two browsers pressing Start at once, a double click).
+                This is the one duplicate-run check.
         """
+        if not checked:
+            config = adjusted(check_config(config))
         with self._lock:  # check and enqueue as one step: concurrent submits cannot both pass
             if self._current and len(self._waiting) >= self.max_queue:
                 raise BusyError(
@@ -127,7 +124,7 @@ class JobManager:
                     state = "training" if rid == self._current else "waiting to train"
                     raise BusyError(f"this configuration is already {state} as run {rid}",
                                     "watch it in the Train tab, or stop it first")
-            config, run_id, run_dir = prepare_run(config, self.store)
+            config, run_id, run_dir = create_run(config, self.store)
             self._configs[run_id] = wanted
             self._enqueue(_Job(config, run_id, run_dir))
         return run_id
@@ -138,22 +135,13 @@ class JobManager:
         Raises:
             NotFoundError: no such run. ModelForgeError: nothing to resume from.
         """
-        run = self.store.get_run(run_id)
-        if run.status in ("running", "queued"):
-            raise ModelForgeError(f"run {run_id} is already {run.status}")
-        if run.status == "completed":
-            raise ModelForgeError(f"run {run_id} already completed", "start a new run to train further")
-        ckpt = last_checkpoint(run.output_dir)
-        if ckpt is None:
-            raise ModelForgeError(f"run {run_id} has no checkpoint to resume from",
-                                  "start it again as a new run")
-        config = RunConfig.from_dict(run.config, source=f"run {run_id}")
+        config, run_dir, ckpt = resumable(self.store, run_id)
         with self._lock:
             if self._current and len(self._waiting) >= self.max_queue:
                 raise BusyError(f"run {self._current} is training", "wait for it to finish or stop it")
             self.store.update_run(run_id, status="queued", error=None, finished_at=None)
             self._configs[run_id] = config.to_dict()
-            self._enqueue(_Job(config, run_id, Path(run.output_dir), resume_from=ckpt))
+            self._enqueue(_Job(config, run_id, run_dir, resume_from=ckpt))
         return run_id
 
     def _enqueue(self, job: _Job) -> None:

@@ -13,7 +13,10 @@ process's resident memory, so the estimate there is calibrated against the peak 
 (``benchmarks/memory_estimate.py``, table in ``docs/benchmarks_memory.md``): a fixed 0.65 GiB for
 Python + torch + transformers + trl + peft + the engine, plus 20% on top of the tensors for what
 the allocator keeps (malloc's freed blocks, oneDNN's scratch buffers). On CUDA the overhead is the
-context plus 10%; that part is not yet checked on a GPU (``benchmarks/gpu_check.py`` does).
+context plus 10%, and the activations are calibrated against ``torch.cuda.max_memory_allocated`` on
+an H200 (``benchmarks/gpu_check.py``, docs/benchmarks.md "GPU check"): a 1.24B Llama, LoRA, bf16,
+batch 4 x 512-2048 tokens, with and without gradient checkpointing and LoRA dropout, within +11-12%
+(QLoRA +26%).
 
 :func:`fits` compares an estimate with a :class:`~core.hardware.HardwareReport` and, when it does
 not fit, lists concrete fixes with the total each one brings. :func:`recommend` ranks the models
@@ -58,6 +61,13 @@ OVERHEAD_FRACTION = 0.10
 # On a CPU the resident memory runs higher still: glibc's malloc keeps freed blocks and oneDNN its
 # scratch buffers. 20% fits the measured peaks of 1M-100M models (LoRA, QLoRA, full, fp32/bf16).
 CPU_OVERHEAD_FRACTION = 0.20
+# CUDA, measured on an H200 (torch 2.11, SDPA, bf16 autocast over a bf16 base, 1.24B Llama, two layer
+# counts per setting so one layer's cost is the difference): a block keeps 57.6 bytes per token per
+# hidden unit against the formula's 49 (_layer_activations): 1.18x.
+CUDA_LAYER_FACTOR = 1.18
+# trl's chunked loss (SFTTrainer's default loss_type "chunked_nll") computes the logits of 256
+# tokens at a time, so the logits term is that chunk's, not the batch's.
+LOSS_CHUNK_TOKENS = 256
 
 # Families whose blocks use a plain (non-gated) MLP, LayerNorm and biases everywhere. Anything
 # else is treated as a Llama-like decoder (gated MLP, RMSNorm, no biases): most new models are.
@@ -412,6 +422,8 @@ def estimate(
     optimizer: str = "adamw",
     full_finetune: bool = False,
     device: str = "cuda",
+    lora_dropout: float = 0.05,
+    chunked_loss: bool = False,
 ) -> MemoryEstimate:
     """Estimate the peak training memory of a model from its config.json.
 
@@ -429,6 +441,9 @@ def estimate(
         full_finetune: train every parameter instead of LoRA adapters.
         device: "cuda", "mps" or "cpu": what the overhead is (see the module docstring). On a
             CPU the total is what the process's resident memory peaks at.
+        lora_dropout: the adapters' dropout; 0 lets the adapters share their layer's input.
+        chunked_loss: the trainer computes the loss a chunk of tokens at a time (trl's SFT), so
+            the batch's logits never exist at once.
 
     Returns:
         A :class:`MemoryEstimate` in bytes.
@@ -504,9 +519,18 @@ def estimate(
     # peft 0.21 (saved-tensor hooks, SmolLM2-135M): ~6 bytes per input element on a bf16 base
     # under autocast (how trl trains; ~8 without autocast), ~5 in fp32; plus the r-wide fp32
     # intermediate. With all-linear targets this is as big as the base layers' own activations.
-    per_input = 5 if cdt == 4 else 6
+    # On CUDA (measured, see CUDA_LAYER_FACTOR) the adapters' own cost is ~1 byte per input element
+    # (the dropout mask; the dropped-out input is not kept apart from it), and nothing with dropout
+    # 0: the adapter then reads the very tensor its layer saved. The CPU figure above was measured
+    # against resident memory with the default dropout and stays as it was calibrated.
+    if device == "cpu":
+        per_input = 5 if cdt == 4 else 6
+    else:
+        per_input = 1 if lora_dropout > 0 else 0
     lora_path = sum(lin.count * batch_size * seq_len * (lin.fan_in * per_input + lora_r * 4)
                     for lin in targets)
+    if device != "cpu":
+        per_layer = [int(n * CUDA_LAYER_FACTOR) for n in per_layer]
     if gradient_checkpointing:
         # Only each block's input survives the forward pass (s*b*h at the compute dtype); the
         # block being back-propagated is recomputed in full, one at a time.
@@ -517,8 +541,12 @@ def estimate(
     # Logits: batch*seq*vocab in the compute dtype, then the loss upcasts them to fp32 and keeps
     # fp32 log-probabilities for the backward pass. With vocabularies of 50k-150k this is often
     # the single biggest tensor for models under ~1B parameters. Extractive QA has 2 "classes".
+    # With a chunked loss only LOSS_CHUNK_TOKENS tokens' logits exist at once (measured on CUDA: the
+    # whole rest of a step, embeddings and norms included, stayed at 0.43-0.56 GiB for a 128k
+    # vocabulary from 2,048 to 8,192 tokens a batch).
     classes = 2 if arch.kind == "encoder" else arch.vocab
-    logits = batch_size * seq_len * classes * (cdt + 8)
+    tokens = min(batch_size * seq_len, LOSS_CHUNK_TOKENS) if chunked_loss else batch_size * seq_len
+    logits = tokens * classes * (cdt + 8)
     activations = int(layers) + logits
 
     subtotal = weights + adapters + gradients + optimizer_bytes + activations
@@ -532,6 +560,7 @@ def estimate(
         "batch_size": batch_size, "seq_len": seq_len,
         "gradient_checkpointing": bool(gradient_checkpointing), "dtype": dtype,
         "optimizer": optimizer, "full_finetune": bool(full_finetune), "device": device,
+        "lora_dropout": float(lora_dropout), "chunked_loss": bool(chunked_loss),
     }
     return MemoryEstimate(
         weights=int(weights), adapters=int(adapters), gradients=int(gradients),
@@ -542,23 +571,25 @@ def estimate(
 
 
 def estimate_for_run(config: "RunConfig", model_config: dict,
-                     report: "HardwareReport | None" = None) -> MemoryEstimate:
+                     report: "HardwareReport | None" = None, profile: Any = None) -> MemoryEstimate:
     """:func:`estimate` with the values of a :class:`~core.config.RunConfig`.
 
     ``precision: auto`` is resolved as the engine resolves it (:func:`train_dtype`; bf16 when no
-    report is given); strategy "qlora" implies a 4-bit base. The device is the report's (CUDA when
-    no report is given).
+    report is given). The device is the report's (CUDA when no report is given). ``config`` is
+    the adjusted one (:func:`core.checks.adjusted`: qlora's 4-bit base is in its quantization).
 
     Args:
         config: the run configuration.
         model_config: the parsed config.json of ``config.model``.
         report: the hardware report, to resolve ``precision: auto`` and the device.
+        profile: the strategy's :class:`~core.plugins.MemoryProfile` (None: LoRA).
 
     Raises:
         ConfigError: a value outside its choices.
         NotAvailableError: the model's config lacks the sizes needed.
     """
-    quant = "4bit" if config.strategy == "qlora" else config.quantization
+    quant = config.quantization
+    full = bool(getattr(profile, "full_finetune", False))
     dtype = config.precision
     if dtype == "auto":
         dtype = train_dtype(report, quant) if report is not None else "bf16"
@@ -566,7 +597,8 @@ def estimate_for_run(config: "RunConfig", model_config: dict,
     return estimate(model_config, quantization=quant, lora_r=config.lora_r,
                     lora_targets=config.lora_target_modules, batch_size=config.batch_size,
                     seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing,
-                    dtype=dtype, device=device)
+                    dtype=dtype, device=device, full_finetune=full, lora_dropout=config.lora_dropout,
+                    chunked_loss=bool(getattr(profile, "chunked_loss", False)))
 
 
 def train_dtype(report: "HardwareReport", quantization: str = "none") -> str:
@@ -830,8 +862,9 @@ class Recommendation:
         """RunConfig field values that apply this recommendation."""
         return {
             "model": self.model_id,
+            # QLoRA is LoRA on a 4-bit base: the quantisation option, with the plain SFT strategy.
             "quantization": "4bit" if self.method == "qlora" else "none",
-            "strategy": "qlora" if self.method == "qlora" else "sft",
+            "strategy": "sft",
             "batch_size": self.batch_size,
             "max_length": self.max_length,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
@@ -866,8 +899,9 @@ def _grid(device: str, context: int) -> list[tuple[int, int]]:
 def _best_fit(config: dict, device: str, limit: float, dtype: str, quant: str, ckpt: bool,
               context: int) -> tuple[int, int, MemoryEstimate] | None:
     for batch, length in _grid(device, context):
+        # Recommendations are for SFT (the default strategy), whose trainer computes a chunked loss.
         est = estimate(config, quantization=quant, batch_size=batch, seq_len=length, dtype=dtype,
-                       gradient_checkpointing=ckpt, device=device)
+                       gradient_checkpointing=ckpt, device=device, chunked_loss=True)
         if est.total_gib <= limit:
             return batch, length, est
     return None

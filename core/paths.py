@@ -40,6 +40,26 @@ def logs_dir() -> Path:
     return p
 
 
+def fault_log_path() -> Path:
+    """The log of unexpected faults (bugs), shared by the CLI and the app."""
+    return logs_dir() / "modelforge.log"
+
+
+def log_fault(where: str) -> str:
+    """Append the current traceback to the fault log (never shown to the user whole); return the
+    log's path, which the one-line message names. The CLI and the app both write it here."""
+    import logging
+    import traceback
+
+    path = fault_log_path()
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- unexpected fault in {where}\n{traceback.format_exc()}\n")
+    except OSError:
+        logging.getLogger("modelforge").error("unexpected fault in %s:\n%s", where, traceback.format_exc())
+    return str(path)
+
+
 def cache_dir() -> Path:
     p = home() / "cache"
     p.mkdir(parents=True, exist_ok=True)

@@ -27,3 +27,18 @@ def served_app(db_path: str | Path, **launch_kwargs: Any) -> Iterator[tuple[Any,
         yield running, services
     finally:
         running.close()
+
+
+def assert_answers(lm: Any, prompt: Any, max_new_tokens: int = 4, answer: Any = None) -> str:
+    """The reloaded model answers ``prompt`` as an inference model must: the same text twice with
+    greedy decoding (a model left in training mode, with LoRA dropout on, would not), and a
+    ModelForge folder's card was read. Returns the answer. (``answer``: core.inference's function
+    to call; default generate.)"""
+    from core.inference import generate
+
+    ask = answer or generate
+    first = ask(lm, prompt, max_new_tokens=max_new_tokens)
+    assert isinstance(first, str)
+    assert ask(lm, prompt, max_new_tokens=max_new_tokens) == first, "greedy decoding is not deterministic"
+    assert not lm.model.training, "the model was left in training mode"
+    return first

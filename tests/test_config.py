@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.main import build_parser, config_from_args
-from core.config import RunConfig, config_fields, from_yaml, load_yaml, to_yaml, validate_config
+from core.checks import validate_config
+from core.config import RunConfig, config_fields, from_yaml, load_yaml, to_yaml
 from core.errors import ConfigError
 from core.paths import ASSETS
 
@@ -105,10 +106,10 @@ def test_preset_dataset_path_is_relative_to_the_preset():
 
 
 def test_a_registered_strategy_is_accepted_by_config_and_cli(monkeypatch):
-    from core.strategies import registry
+    from core.registry import STRATEGIES
     from core.strategies.sft import SFTStrategy
 
-    monkeypatch.setitem(registry._REGISTRY, "mystrategy", lambda: SFTStrategy(name="mystrategy"))
+    monkeypatch.setitem(STRATEGIES._factories, "mystrategy", lambda: SFTStrategy(name="mystrategy"))
     assert validate_config(RunConfig(dataset="d.json", strategy="mystrategy"), check_paths=False) == []
     args = build_parser().parse_args(["train", "--strategy", "mystrategy"])
     assert config_from_args(args).strategy == "mystrategy"

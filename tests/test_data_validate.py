@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.data import requirements, split_train_eval, validate_file
-from core.data.validate import validate_rows
+from core.checks import data_requirement as requirements
+from core.checks import validate_file, validate_rows
+from core.data import split_train_eval
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from core import distributed
-from core.config import RunConfig, config_fields, validate_config
+from core import distributed, models
+from core.checks import validate_config
+from core.config import RunConfig, config_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +58,12 @@ def test_contradictory_distributed_fields_are_reported_together():
 
 def test_each_process_loads_the_model_where_its_engine_wants_it(monkeypatch):
     ddp, fsdp = RunConfig(num_processes=4), RunConfig(num_processes=4, distributed="fsdp")
-    assert distributed.device_map(ddp, cuda=True) == "auto" and distributed.device_map(ddp, cuda=False) is None
+    assert models.device_map(ddp, cuda=True) == "auto" and models.device_map(ddp, cuda=False) is None
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert distributed.device_map(ddp, cuda=True) == {"": 3}  # DDP: a whole copy on its own GPU
-    assert distributed.device_map(fsdp, cuda=True) is None    # FSDP/DeepSpeed shard it themselves
-    assert distributed.device_map(ddp, cuda=False) is None
+    assert models.device_map(ddp, cuda=True) == {"": 3}  # DDP: a whole copy on its own GPU
+    assert models.device_map(fsdp, cuda=True) is None    # FSDP/DeepSpeed shard it themselves
+    assert models.device_map(ddp, cuda=False) is None
 
 
 # -- the accelerate configs, read back by accelerate's launcher ---------------------------------------
@@ -407,11 +408,12 @@ def test_a_provider_that_patches_the_process_trains_in_a_child_process_in_the_ap
     from components.common import AppContext
     from components.train_tab import resume_training, run_view, start_training, stop_training
     from core.jobs import JobManager
-    from core.providers import registry
+    from core.providers.huggingface import HuggingFaceProvider
+    from core.registry import PROVIDERS
 
-    assert registry.patches_process("unsloth") and not registry.patches_process("huggingface")
+    assert PROVIDERS.get("unsloth").own_process and not PROVIDERS.get("huggingface").own_process
     assert not distributed.wants_own_process(RunConfig(provider="huggingface"))
-    monkeypatch.setattr(registry, "patches_process", lambda name: name == "huggingface")
+    monkeypatch.setattr(HuggingFaceProvider, "own_process", True)
     assert distributed.wants_own_process(RunConfig(provider="huggingface"))
 
     rows = json.loads((ROOT / "assets" / "examples" / "identity.json").read_text())[:24]

@@ -11,6 +11,7 @@ from core.config import RunConfig
 from core.engine import prepare_run, run_training
 from core.events import EventLog, read_events
 from core.jobs import JobManager, last_checkpoint
+from tests.helpers import assert_answers
 
 
 def _config(dataset: Path, **kw) -> RunConfig:
@@ -42,11 +43,11 @@ def test_sft_trains_records_and_reloads(store, small_alpaca, demo_model):
     lora_b = [t for k, t in weights.items() if "lora_B" in k]
     assert lora_b and any(float(t.abs().sum()) > 0 for t in lora_b)
 
-    from core.inference import generate, load_model
+    from core.inference import load_model
 
     lm = load_model(record.path)
     assert type(lm.model).__name__ == "PeftModelForCausalLM"
-    assert isinstance(generate(lm, "Give three tips for staying healthy.", max_new_tokens=8), str)
+    assert_answers(lm, "Give three tips for staying healthy.", 8)
     card = json.loads((run_dir / "model" / "modelforge.json").read_text())
     assert card["base_model"] == "demo" and card["run_id"] == run_id
 
@@ -125,3 +126,64 @@ def test_preflight_accepts_the_demo(small_alpaca):
     from core.engine import preflight
 
     assert preflight(RunConfig(model="demo", dataset=str(small_alpaca))) == []
+
+
+def test_one_start_press_runs_each_check_once(store, small_alpaca, monkeypatch):
+    """Start (the form's button and the start_training API) runs the config validation, the memory
+    estimate and the duplicate-run check once each, with the plugins' adjustments applied before
+    them: qlora's 4-bit base is what the estimate sees and what the run records."""
+    import threading
+    from collections import Counter
+
+    import core.jobs as jobs_mod
+    import core.memory as memory
+    from components.common import AppContext
+    from components.train_tab import start_training
+    from core import checks
+    from core.run import RunResult
+
+    release = threading.Event()
+
+    def blocked_run(config, store_, events, run_id, run_dir, **kw):  # holds the device, trains nothing
+        release.wait(60)
+        store_.finish_run(run_id, "cancelled")
+        return RunResult(run_id, "cancelled", str(run_dir))
+
+    monkeypatch.setattr(jobs_mod, "run_training", blocked_run)
+    ctx = AppContext(store=store, jobs=JobManager(store))
+    queued: list[str] = []
+    try:
+        first = start_training(ctx, _config(small_alpaca, name="first", max_steps=3))["run_id"]
+        calls: Counter = Counter()
+        estimated: list[RunConfig] = []
+
+        def count(module, name, keep=None):
+            real = getattr(module, name)
+
+            def wrapper(*a, **k):
+                calls[name] += 1
+                if keep is not None:
+                    keep.append(a[0])
+                return real(*a, **k)
+
+            monkeypatch.setattr(module, name, wrapper)
+
+        count(checks, "validate_config")
+        count(memory, "estimate_for_run", estimated)
+        count(jobs_mod, "_same_run")  # one run is active: the check compares with it once
+
+        second = start_training(ctx, _config(small_alpaca, name="second", strategy="qlora", max_steps=3))
+        queued.append(second["run_id"])
+        assert second["queued"] and second["run_id"] != first
+        assert calls == {"validate_config": 1, "estimate_for_run": 1, "_same_run": 1}, calls
+        assert estimated[0].quantization == "4bit"  # adjust_config ran before the pre-flight
+        assert store.get_run(second["run_id"]).config["quantization"] == "4bit"
+    finally:
+        # The queued run must not start for real once this test's stand-in is gone: a trainer
+        # thread still running at the interpreter's exit aborts the whole pytest process.
+        for run_id in queued:
+            ctx.jobs.stop(run_id)
+        release.set()
+        deadline = time.time() + 60
+        while (ctx.jobs.current or ctx.jobs.waiting()) and time.time() < deadline:
+            time.sleep(0.1)

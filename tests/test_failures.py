@@ -19,7 +19,9 @@ import torch
 
 from core.callback import EventCallback
 from core.config import RunConfig
-from core.engine import checkpoint_bytes, disk_problems, preflight, prepare_run, run_training
+from core import checks
+from core.checks import checkpoint_bytes, disk_problems, preflight
+from core.engine import prepare_run, run_training
 from core.events import EventLog, read_events
 from core.jobs import JobManager, last_checkpoint
 from core.paths import EXAMPLES
@@ -187,14 +189,14 @@ def test_preflight_refuses_a_run_whose_checkpoints_do_not_fit_on_disk(monkeypatc
 
     config = _config(save_total_limit=3, output_dir=str(tmp_path / "not-yet" / "runs"))
     need = checkpoint_bytes(config)
-    assert need and need > engine.DISK_SLACK_BYTES
+    assert need and need > checks.DISK_SLACK_BYTES
     seen = []
 
     def disk_usage(path):
         seen.append(Path(path))
         return DiskUsage(total=100 * 2**30, used=100 * 2**30 - need // 2, free=need // 2)
 
-    monkeypatch.setattr(engine.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(checks.shutil, "disk_usage", disk_usage)
     problems = preflight(config)
     assert [p.field for p in problems] == ["output_dir"], problems
     text = str(problems[0])
@@ -202,7 +204,7 @@ def test_preflight_refuses_a_run_whose_checkpoints_do_not_fit_on_disk(monkeypatc
     assert seen == [tmp_path]  # the disk the run folder will be on (its nearest existing folder)
     # More checkpoints kept: more disk needed.
     assert checkpoint_bytes(config.replace(save_total_limit=6)) > need
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: DiskUsage(100 * 2**30, 0, 100 * 2**30))
+    monkeypatch.setattr(checks.shutil, "disk_usage", lambda p: DiskUsage(100 * 2**30, 0, 100 * 2**30))
     assert disk_problems(config) == []
 
 
@@ -211,7 +213,7 @@ def test_cli_train_refuses_a_full_disk_and_records_nothing(monkeypatch, tmp_path
     from app.main import main
 
     monkeypatch.setenv("MODELFORGE_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: DiskUsage(2**30, 2**30 - 2**20, 2**20))
+    monkeypatch.setattr(checks.shutil, "disk_usage", lambda p: DiskUsage(2**30, 2**30 - 2**20, 2**20))
     code = main(["train", "--model", "demo", "--dataset", str(EXAMPLES / "identity.json"), "--max-steps", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "output_dir" in err and "free disk space" in err, err

@@ -80,9 +80,16 @@ def test_probe_this_machine(tmp_path):
             assert report.summary.startswith("No GPU found: training runs on the CPU")
             assert f"({report.cpu.physical_cores} core" in report.summary
     names = [b.name for b in report.backends]
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "unsloth", "flash_attn",
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "flash_attn",
                  "accelerate", "datasets", "gradio"):
         assert name in names
+    # A provider's own back-end line (unsloth's) is added by the plugin-aware report, with the
+    # reason a refused run gives.
+    from core.checks import hardware_report
+    from core.registry import PROVIDERS
+
+    unsloth = hardware_report(tmp_path).backend("unsloth")
+    assert unsloth is not None and (unsloth.available, unsloth.reason) == PROVIDERS.get("unsloth").available()
     torch_info = report.backend("torch")
     assert torch_info.version and torch_info.available
     assert "build" in torch_info.reason
@@ -160,8 +167,10 @@ def test_fake_gpu(monkeypatch, tmp_path):
     assert data["gpus"][0]["compute_capability"] == [8, 9]
     assert any(line.startswith("GPU 0:") for line in summary_lines(report))
     # unsloth / flash-attn are not judged GPU-less any more.
-    for name in ("unsloth", "flash_attn"):
-        assert "installed but needs" not in report.backend(name).reason
+    from core.checks import hardware_report
+
+    assert "installed but needs" not in report.backend("flash_attn").reason
+    assert "installed but needs" not in hardware_report(tmp_path).backend("unsloth").reason
 
 
 def test_fake_old_gpu_uses_fp16(monkeypatch, tmp_path):

@@ -166,7 +166,7 @@ def test_push_token_in_a_hub_error_is_masked(ctx, caplog, monkeypatch):
     """The hub is reachable but refuses the token and echoes it: the user sees ***, logs see nothing."""
     import huggingface_hub
 
-    import core.providers.huggingface as hf
+    import core.models as hf
     from components.models_tab import push_to_hub
 
     class RefusingApi:

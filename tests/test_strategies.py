@@ -16,6 +16,7 @@ import pytest
 from core.config import RunConfig
 from core.engine import prepare_run, run_training
 from core.events import EventLog, read_events
+from tests.helpers import assert_answers
 
 
 # -- helpers shared with test_tasks.py ------------------------------------------------------------------
@@ -69,7 +70,7 @@ def dpo_rows(tmp_path, shared_data) -> Path:
 
 # -- sft and qlora ------------------------------------------------------------------------------------
 def test_sft_on_plain_text_is_continued_pretraining(store, tmp_path, demo_model):
-    from core.inference import generate, load_model
+    from core.inference import load_model
 
     data = tmp_path / "text.jsonl"
     data.write_text("\n".join(json.dumps({"text": f"Forge number {i} shapes iron into tools, day {i}."})
@@ -78,13 +79,13 @@ def test_sft_on_plain_text_is_continued_pretraining(store, tmp_path, demo_model)
     assert_loss_logged(store, result, run_dir)
     assert_lora_trained(run_dir / "model")
     assert_metrics_recorded(store, result, "train_loss", "eval_loss", "perplexity")
-    assert isinstance(generate(load_model(str(run_dir / "model")), "Forge number", max_new_tokens=4), str)
+    assert_answers(load_model(str(run_dir / "model")), "Forge number", 4)
 
 
 def test_qlora_trains_lora_on_a_4bit_nf4_base(store, small_alpaca, demo_model):
     import bitsandbytes as bnb
 
-    from core.inference import generate, load_model
+    from core.inference import load_model
     from core.providers.huggingface import HuggingFaceProvider
 
     # The provider really loads the demo in 4-bit NF4 on this CPU (every out_features % 32 == 0).
@@ -101,7 +102,7 @@ def test_qlora_trains_lora_on_a_4bit_nf4_base(store, small_alpaca, demo_model):
     card = json.loads((run_dir / "model" / "modelforge.json").read_text())
     assert card["config"]["quantization"] == "4bit"          # qlora forced the 4-bit base
     lm = load_model(str(run_dir / "model"))
-    assert isinstance(generate(lm, "Give three tips for staying healthy.", max_new_tokens=6), str)
+    assert_answers(lm, "Give three tips for staying healthy.", 6)
 
 
 # -- preference strategies ----------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def test_qlora_trains_lora_on_a_4bit_nf4_base(store, small_alpaca, demo_model):
     ("kto", ("eval_loss", "eval_kl", "eval_rewards/chosen")),
 ])
 def test_preference_strategy_trains_on_sharegpt_pairs(strategy, reported, store, dpo_rows, demo_model):
-    from core.inference import generate, load_model
+    from core.inference import load_model
 
     result, run_dir = train_run(store, dpo_rows, strategy=strategy)
     assert_loss_logged(store, result, run_dir)
@@ -122,11 +123,11 @@ def test_preference_strategy_trains_on_sharegpt_pairs(strategy, reported, store,
     assert "perplexity" not in evals[-1].data                 # a preference loss has no perplexity
     lm = load_model(str(run_dir / "model"))
     assert type(lm.model).__name__ == "PeftModelForCausalLM"
-    assert isinstance(generate(lm, "Hi! Tell me a joke.", max_new_tokens=6), str)
+    assert_answers(lm, "Hi! Tell me a joke.", 6)
 
 
 def test_kto_accepts_labelled_rows_and_splits_pairs(tmp_path, dpo_rows):
-    from core.data import validate_file
+    from core.checks import validate_file
 
     labelled = tmp_path / "kto.jsonl"
     labelled.write_text("\n".join(json.dumps({"prompt": f"Question {i}?", "completion": f"Answer {i}.",
@@ -153,7 +154,7 @@ def rlhf_run(tmp_path_factory, shared_data, mf_home):
 
 
 def test_rlhf_trains_a_reward_model_then_the_policy(rlhf_run):
-    from core.inference import generate, load_model
+    from core.inference import load_model
 
     store, result, run_dir, _ = rlhf_run
     assert_loss_logged(store, result, run_dir)
@@ -169,7 +170,7 @@ def test_rlhf_trains_a_reward_model_then_the_policy(rlhf_run):
     curves = {p.name for p in store.metrics(result.run_id)}
     assert {"reward_loss", "mean_reward", "kl", "loss"} <= curves  # both stages' curves, over steps
     lm = load_model(str(run_dir / "model"))
-    assert isinstance(generate(lm, "Hi! Tell me a joke.", max_new_tokens=6), str)
+    assert_answers(lm, "Hi! Tell me a joke.", 6)
 
 
 def test_rlhf_reuses_a_reward_model_from_an_earlier_run(rlhf_run):
@@ -182,20 +183,29 @@ def test_rlhf_reuses_a_reward_model_from_an_earlier_run(rlhf_run):
 
 
 def test_rlhf_rejects_a_folder_without_a_reward_model(store, dpo_rows, tmp_path, demo_model):
-    config, run_id, run_dir = prepare_run(RunConfig(model="demo", dataset=str(dpo_rows), strategy="rlhf",
-                                                    max_steps=1, reward_model=str(tmp_path)), store)
-    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
-    assert result.status == "failed" and not result.fault and "no reward model" in result.error
+    """rlhf's adjust_config checks the folder; it runs with the checks, so the run is refused before
+    anything is recorded (it used to be recorded, then fail at its start)."""
+    from core.checks import preflight
+    from core.errors import ConfigError
+
+    config = RunConfig(model="demo", dataset=str(dpo_rows), strategy="rlhf", max_steps=1, reward_model=str(tmp_path))
+    problems = preflight(config)
+    assert problems and "no reward model" in problems[0].message
+    with pytest.raises(ConfigError, match="problem"):
+        prepare_run(config, store)
+    assert store.list_runs() == []
 
 
 def test_every_strategy_is_real_and_declares_what_it_needs():
     from core.catalog import describe
-    from core.strategies import registry
+    from core.plugins import MemoryProfile
+    from core.registry import STRATEGIES
 
-    for name in ("sft", "qlora", "dpo", "orpo", "kto", "rlhf"):
-        s = registry.get(name)
+    assert STRATEGIES.names() == ["sft", "qlora", "dpo", "orpo", "kto", "rlhf"]
+    for name in STRATEGIES.names():
+        s = STRATEGIES.get(name)  # refuses a strategy that lacks a declaration
         assert s.available() == (True, ""), name
-        assert type(s).__name__ != "PlannedStrategy" and s.tasks and s.data_kinds
+        assert s.name == name and s.tasks and s.data_kinds and isinstance(s.memory, MemoryProfile)
     tasks = {t["name"]: t for t in describe()["tasks"]}
     assert all(t["available"] for t in tasks.values())
     assert "sft" in tasks["extractive-qa"]["strategies"] and "dpo" not in tasks["summarization"]["strategies"]

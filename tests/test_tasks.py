@@ -13,6 +13,7 @@ import json
 import pytest
 
 from core.events import read_events
+from tests.helpers import assert_answers
 from tests.test_strategies import assert_loss_logged, assert_lora_trained, assert_metrics_recorded, train_run
 
 ROUGE = ("eval_rouge1", "eval_rouge2", "eval_rougeL")
@@ -39,7 +40,7 @@ def test_demo_resolves_by_task(mf_home):
 
 
 def test_seq2seq_summarization_scores_rouge_at_every_eval(store, shared_data, mf_home):
-    from core.inference import generate, load_model, summarize
+    from core.inference import load_model, summarize
 
     result, run_dir = train_run(store, shared_data / "xsum_sample.jsonl", task="summarization", max_steps=8,
                                 eval_steps=4, learning_rate=1e-2, max_length=128, validation_split=0.3)
@@ -56,7 +57,7 @@ def test_seq2seq_summarization_scores_rouge_at_every_eval(store, shared_data, mf
     assert lm.kind == "seq2seq" and type(lm.model).__name__ == "PeftModelForSeq2SeqLM"
     summary = summarize(lm, "Ice warnings were issued for most of Wales on Saturday night.", max_new_tokens=8)
     assert isinstance(summary, str) and summary.strip()
-    assert isinstance(generate(lm, "Summarize: ice in Wales.", max_new_tokens=4), str)
+    assert_answers(lm, "Summarize: ice in Wales.", 4)
 
 
 def test_causal_summarization_with_a_prompt(store, shared_data, demo_model):
@@ -69,7 +70,7 @@ def test_causal_summarization_with_a_prompt(store, shared_data, demo_model):
     assert_metrics_recorded(store, result, "train_loss", "eval_loss", "perplexity", *ROUGE)
     lm = load_model(str(run_dir / "model"))
     assert lm.kind == "causal"
-    assert isinstance(summarize(lm, "Ice warnings were issued for most of Wales.", max_new_tokens=6), str)
+    assert_answers(lm, "Ice warnings were issued for most of Wales.", 6, answer=summarize)
 
 
 def test_extractive_qa_on_the_demo_encoder(store, shared_data, mf_home):
@@ -136,7 +137,8 @@ def test_the_right_head_is_refused_for_the_wrong_use(mf_home):
 
 
 def test_config_rejects_preference_strategies_for_other_tasks(shared_data):
-    from core.config import RunConfig, validate_config
+    from core.checks import validate_config
+    from core.config import RunConfig
 
     problems = validate_config(RunConfig(dataset=str(shared_data / "xsum_sample.jsonl"), task="summarization",
                                          strategy="dpo"))

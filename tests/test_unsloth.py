@@ -23,8 +23,10 @@ import pytest
 from core.config import RunConfig
 from core.errors import NotAvailableError
 from core.hardware import GPUInfo
-from core.providers import registry
+from core.checks import plugin_problems
 from core.providers import unsloth as up
+from core.registry import PROVIDERS
+from tests.helpers import assert_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLED = importlib.util.find_spec("unsloth") is not None
@@ -107,25 +109,24 @@ def test_error_line_picks_the_exception():
 
 def test_hardware_report_and_info_give_the_provider_reason(fresh, monkeypatch):
     from core.catalog import describe
-    from core.hardware import probe
+    from core.checks import hardware_report
 
     ok, why = up.status()
-    backend = probe().backend("unsloth")
+    backend = hardware_report().backend("unsloth")
     assert (backend.available, backend.reason) == (ok, why)
     entry = next(p for p in describe()["providers"] if p["name"] == "unsloth")
     assert (entry["available"], entry["reason"]) == (ok, why)
     if not ok:
         with pytest.raises(NotAvailableError) as err:
-            registry.get("unsloth")
+            PROVIDERS.require("unsloth")
         assert why in err.value.message
 
 
 def test_hardware_tab_shows_the_same_reason(fresh):
     pytest.importorskip("gradio")
-    from components.hardware_tab import hardware_markdown
-    from core.hardware import probe
+    from components.hardware_tab import hardware_markdown, probe_report
 
-    report = probe()
+    report = probe_report()
     ok, why = up.status()
     row = next(line for line in hardware_markdown(report).splitlines() if line.startswith("| unsloth |"))
     assert (why or "ok") in row
@@ -138,13 +139,13 @@ def test_hardware_tab_shows_the_same_reason(fresh):
 ])
 def test_what_unsloth_cannot_train_is_said_before_loading(changes, words):
     config = RunConfig(model="demo", dataset="x.json", provider="unsloth", **changes)
-    problems = registry.problems(config)
+    problems = plugin_problems(config)
     assert problems and words in problems[0].message and problems[0].field in ("provider", "quantization")
     with pytest.raises(NotAvailableError) as err:
         up.UnslothProvider().load(config)  # refused before unsloth is even imported
     assert words in err.value.message
-    assert registry.problems(RunConfig(model="demo", dataset="x.json", provider="unsloth")) == []
-    assert registry.problems(RunConfig(model="demo", dataset="x.json", **changes)) == []  # huggingface
+    assert plugin_problems(RunConfig(model="demo", dataset="x.json", provider="unsloth")) == []
+    assert plugin_problems(RunConfig(model="demo", dataset="x.json", **changes)) == []  # huggingface
 
 
 def test_preflight_refuses_an_unavailable_provider_naming_the_field(fresh, monkeypatch, tmp_path):
@@ -167,22 +168,30 @@ import json, sys
 from core.config import RunConfig
 from core.engine import prepare_run, run_training
 from core.events import EventLog
-from core.providers import registry
 from core.records import RecordStore
+from core.registry import PROVIDERS
 
 seen = {}
 
 class Early:  # a provider that, like unsloth, must be imported before transformers/peft/trl
     name, description = "early", "test"
+    tasks = ("text-generation",)
+    own_process = multi_process = applies_adapter = False
     def available(self):
         return True, ""
+    def config_problems(self, config):
+        return []
+    def adjust_config(self, config):
+        return config
+    def backend_status(self, report):
+        return None
     def prepare(self):
         seen["loaded"] = [m for m in ("transformers", "peft", "trl") if m in sys.modules]
     def load(self, config, *, for_training=True):
         seen["prepared_before_load"] = "loaded" in seen
         raise RuntimeError("enough")
 
-registry.register("early", Early)
+PROVIDERS.register("early", Early)
 store = RecordStore(f"sqlite:///{sys.argv[1]}/records.db")
 config = RunConfig(model="demo", dataset=sys.argv[2], provider="early", strategy=sys.argv[3],
                    output_dir=sys.argv[1])
@@ -280,7 +289,7 @@ def test_sft_trains_through_the_engine(home, shared_data):
     card = json.loads((model_dir / "modelforge.json").read_text())
     assert card["provider"] == "unsloth"
     loaded = load_model(str(model_dir))  # huggingface: base + adapter, in this (unsloth-free) process
-    assert isinstance(generate(loaded, [{"role": "user", "content": "Who are you?"}], max_new_tokens=4), str)
+    assert_answers(loaded, [{"role": "user", "content": "Who are you?"}], 4)
 
 
 @pytest.mark.unsloth
@@ -304,11 +313,11 @@ def test_load_applies_unsloths_lora_once(home):
     """The provider's model in a child process: a PeftModel marked as already adapted, LoRA only
     trainable, gradient checkpointing on when asked."""
     code = (
-        "import json, sys; from core.config import RunConfig; from core.providers.registry import get\n"
+        "import json, sys; from core.config import RunConfig; from core.registry import PROVIDERS\n"
         "c = RunConfig(model='demo', dataset='x.json', provider='unsloth', gradient_checkpointing=True)\n"
-        "m, t = get('unsloth').load(c)\n"
+        "p = PROVIDERS.require('unsloth'); m, t = p.load(c)\n"
         "names = [n for n, p in m.named_parameters() if p.requires_grad]\n"
-        "print(json.dumps({'marked': getattr(m, '_modelforge_peft_applied', False), 'type': type(m).__name__,\n"
+        "print(json.dumps({'marked': p.applies_adapter, 'type': type(m).__name__,\n"
         "  'all_lora': all('lora_' in n for n in names), 'n': len(names), 'pad': t.pad_token is not None,\n"
         "  'ckpt': bool(getattr(m.base_model.model, 'is_gradient_checkpointing', False)),\n"
         "  'nested': sum(1 for n, _ in m.named_modules() if n.endswith('base_model.model.base_model'))}))\n"
@@ -327,7 +336,8 @@ def test_gpu_check_dry_run(tmp_path):
     """benchmarks/gpu_check.py --dry-run: the tiny model through both providers on the CPU; the
     unsloth leg runs where the extra is installed (CPU opt-in) and is skipped, saying why, elsewhere."""
     env = {**os.environ, up.CPU_ENV: "1"}
-    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--only", "hf-lora,unsloth-lora",
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--only",
+                          "hf-lora,unsloth-lora,engine-lora,calibrate",
                           "--wheels", str(tmp_path / "none"), "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -341,6 +351,12 @@ def test_gpu_check_dry_run(tmp_path):
     else:
         assert us["status"] == "skipped" and "unsloth" in us["detail"]
     assert "| hf-lora | ok |" in (tmp_path / "gpu_check.md").read_text()
+    # The engine leg: `modelforge train` then `generate` with the adapter (the records) and --base.
+    engine = report["engine"]["engine-lora"]
+    assert engine["status"] == "ok" and engine["exit"] == 0 and engine["adapter_reloads"], engine
+    assert engine["model_id"].startswith("model-") and set(engine["answers"]) == {"tuned", "base"}
+    assert report["hardware"]["device"] == "cpu" and report["hardware"]["auto_precision"] == "fp32"
+    assert len(report["calibration"]["points"]) == 8  # on the CPU only the plumbing (zeros)
 
 
 APP_RUN = """

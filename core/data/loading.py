@@ -195,7 +195,9 @@ def _load_jsonl(p: Path, file: str, max_rows: int | None) -> LoadedData:
     return LoadedData(file, rows, lines, "line")
 
 
-def _load_json(p: Path, file: str, max_rows: int | None) -> LoadedData:
+def _read_text(p: Path, file: str) -> str:
+    """The whole file as text, for the formats read at once (JSON, CSV): refused when binary, not
+    UTF-8 (naming the line) or empty; a byte-order mark is dropped."""
     raw = p.read_bytes()
     _binary_check(raw[:65536], file)
     text = _decode(raw, file)
@@ -203,6 +205,11 @@ def _load_json(p: Path, file: str, max_rows: int | None) -> LoadedData:
         text = text[1:]
     if not text.strip():
         raise _empty_error(file)
+    return text
+
+
+def _load_json(p: Path, file: str, max_rows: int | None) -> LoadedData:
+    text = _read_text(p, file)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -286,13 +293,7 @@ def _json_type(obj) -> str:
 
 # -- CSV / parquet ---------------------------------------------------------------------------------
 def _load_csv(p: Path, file: str, max_rows: int | None) -> LoadedData:
-    raw = p.read_bytes()
-    _binary_check(raw[:65536], file)
-    text = _decode(raw, file)
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text.strip():
-        raise _empty_error(file)
+    text = _read_text(p, file)
     reader = csv.reader(io.StringIO(text, newline=""))
     rows: list[dict] = []
     lines: list[int] = []

@@ -19,7 +19,6 @@ from core.data.loading import load_rows
 from core.errors import DataError, Problem
 
 LENGTH_SAMPLE = 2000
-PREFERENCE_STRATEGIES = ("dpo", "orpo", "rlhf")
 
 
 @dataclass(frozen=True)
@@ -57,49 +56,41 @@ class Requirement:
         return out
 
 
-def requirements(task: str, strategy: str) -> Requirement:
-    """The data that ``task`` trained with ``strategy`` needs.
+# The kinds of data each task can train on, whatever the strategy: a strategy's declared kinds
+# (and conversions) are narrowed to these, so SFT, which trains every task, gets chat data for
+# text-generation and document/summary pairs for summarization.
+TASK_KINDS = {
+    "text-generation": ("conversation", "text", "preference", "kto"),
+    "summarization": ("summarization",),
+    "extractive-qa": ("qa",),
+}
+
+
+def requirements(task: str, strategy: str, kinds: tuple[str, ...],
+                 converts: tuple[tuple[str, str], ...] = ()) -> Requirement:
+    """The data that ``task`` trained with ``strategy`` needs, from the strategy's declaration.
 
     Args:
         task: one of core.config.TASKS.
-        strategy: one of core.config.STRATEGIES.
+        strategy: the strategy's name (for the messages).
+        kinds: the canonical kinds the strategy declares (``Strategy.data_kinds``).
+        converts: its automatic conversions (``Strategy.data_converts``).
 
     Raises:
-        DataError: unknown task or strategy.
+        DataError: unknown task.
     """
-    from core.config import STRATEGIES, TASKS
+    from core.config import TASKS
 
     if task not in TASKS:
         raise DataError(f"unknown task '{task}'", f"use one of: {', '.join(TASKS)}")
-    registered = _registered_kinds(strategy) if strategy not in STRATEGIES else None
-    if strategy not in STRATEGIES and registered is None:
-        raise DataError(f"unknown strategy '{strategy}'", f"use one of: {', '.join(STRATEGIES)}")
-    if registered is not None:  # a strategy added through the registry declares its own kinds
-        kinds, converts = registered, ()
-    elif strategy in PREFERENCE_STRATEGIES:
-        kinds, converts = ("preference",), ()
-    elif strategy == "kto":
-        kinds, converts = ("kto",), (("preference", "kto"),)
-    elif task == "summarization":
-        kinds, converts = ("summarization",), (("input-output", "summarization"),)
-    elif task == "extractive-qa":
-        kinds, converts = ("qa",), ()
-    else:
-        kinds, converts = ("conversation", "text"), (("summarization", "conversation"),)
+    fit = TASK_KINDS.get(task, ())
+    kinds = tuple(k for k in kinds if k in fit) or tuple(kinds)
+    converts = tuple((src, dst) for src, dst in converts if dst in kinds)
     req = Requirement(task, strategy, kinds, converts)
     fits = [f"{f} ({' | '.join(', '.join(c) for c in cols)})" for f, cols in req.formats().items()]
     text = (f"{task} with strategy '{strategy}' needs {' or '.join(kinds)} data. "
             f"Formats that fit: {'; '.join(fits)}.")
     return Requirement(task, strategy, kinds, converts, text)
-
-
-def _registered_kinds(strategy: str) -> tuple[str, ...] | None:
-    """The data kinds a strategy registered outside the built-in table declares (None: unknown)."""
-    from core.strategies import registry
-
-    if strategy not in registry.names():
-        return None
-    return tuple(registry.get(strategy).data_kinds) or None
 
 
 @dataclass
@@ -163,8 +154,7 @@ class ValidationReport:
         return "\n".join(out)
 
 
-def validate_file(path: str | Path, *, task: str = "text-generation", strategy: str = "sft",
-                  dataset_format: str = "auto", column_map: dict | None = None,
+def validate_file(path: str | Path, *, requirement: Requirement, dataset_format: str = "auto", column_map: dict | None = None,
                   template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
                   max_length: int = 512, min_rows: int = 2, max_rows: int | None = None,
                   seed: int = 42) -> ValidationReport:
@@ -172,7 +162,8 @@ def validate_file(path: str | Path, *, task: str = "text-generation", strategy: 
 
     Args:
         path: a data file (or hub id); see :func:`core.data.loading.load_rows`.
-        task, strategy: what the data will train (decides the accepted kinds).
+        requirement: what the data will train (the accepted kinds): see :func:`requirements`,
+            and :func:`core.checks.validate_file`, which takes a task and a strategy name.
         dataset_format: a format name, or "auto" to detect it.
         column_map: renames ``{old: new}`` applied before detection.
         template_vars: values for ``{{placeholders}}``.
@@ -185,20 +176,19 @@ def validate_file(path: str | Path, *, task: str = "text-generation", strategy: 
     """
     report = ValidationReport(str(path), min_rows=min_rows)
     try:
-        report.requirement = requirements(task, strategy).description
+        report.requirement = requirement.description
         data = load_rows(path, max_rows=max_rows)
     except DataError as exc:
         report.problems += _problems_of(exc, str(path))
         return report
-    return validate_rows(data.rows, file=data.file, lines=data.lines, unit=data.unit, task=task,
-                         strategy=strategy, dataset_format=dataset_format, column_map=column_map,
+    return validate_rows(data.rows, file=data.file, lines=data.lines, unit=data.unit,
+                         requirement=requirement, dataset_format=dataset_format, column_map=column_map,
                          template_vars=template_vars, system_prompt=system_prompt,
                          tokenizer=tokenizer, max_length=max_length, min_rows=min_rows, seed=seed)
 
 
 def validate_rows(rows: list[dict], *, file: str = "<data>", lines: list[int] | None = None,
-                  unit: str = "row", task: str = "text-generation", strategy: str = "sft",
-                  dataset_format: str = "auto", column_map: dict | None = None,
+                  unit: str = "row", requirement: Requirement, dataset_format: str = "auto", column_map: dict | None = None,
                   template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
                   max_length: int = 512, min_rows: int = 2, seed: int = 42) -> ValidationReport:
     """Check rows already in memory (see :func:`validate_file` for the arguments).
@@ -208,7 +198,7 @@ def validate_rows(rows: list[dict], *, file: str = "<data>", lines: list[int] | 
     """
     report = ValidationReport(file, rows=len(rows), min_rows=min_rows, unit=unit)
     try:
-        req = requirements(task, strategy)
+        req = requirement
         report.requirement = req.description
         report.problems += _column_map_problems(column_map, columns_of(rows), file)
         rows = apply_column_map(rows, column_map)

@@ -4,7 +4,7 @@ small steps each strategy repeats.
 One function per translation (config -> TrainingArguments kwargs, config -> LoraConfig), so the
 strategies stay short and read top to bottom. Mirrors trl's ``ModelConfig -> get_peft_config``.
 Also here: rows -> datasets (``dataset``, ``fit_preference``, ``fit_prompt``), saving
-(``save``), final metrics (``final_metrics``), per-evaluation perplexity (``with_perplexity``)
+(``save``), final metrics (``final_metrics``), per-evaluation metrics (``with_eval_metrics``)
 and extra metric curves from a trainer's logs (``log_recorder``).
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
-    from core.engine import TrainContext
+    from core.run import TrainContext
 
 
 # Task heads that start untrained: trained fully and saved with the adapter, never given LoRA
@@ -111,7 +111,7 @@ def last_train_loss(trainer) -> float | None:
 
 def peft_for(ctx: "TrainContext", task_type: str = "CAUSAL_LM"):
     """The LoRA config for the trainer, or None when the provider already applied LoRA (unsloth)."""
-    if getattr(ctx.model, "_modelforge_peft_applied", False):
+    if ctx.adapter_applied:
         return None
     return lora_config(ctx.config, task_type)
 
@@ -226,24 +226,39 @@ def final_metrics(trainer, eval_ds, *, perplexity: bool = False, keep: tuple[str
     return metrics
 
 
-def with_perplexity(trainer_cls):
-    """``trainer_cls`` whose evaluations also report eval_perplexity = exp(eval_loss).
+def with_eval_metrics(trainer_cls, *scorers, predictions: bool = False):
+    """``trainer_cls`` whose every evaluation also reports what each scorer computes.
 
-    For trainers whose eval loss is a per-token language-model loss (SFT); the EventCallback
-    stores it as ``perplexity``. Preference and RL losses have no perplexity.
+    The one trainer subclass for task metrics (it replaced three copies): a scorer is
+    ``scorer(trainer, output, prefix) -> {name: value}``, the names without the ``eval_`` prefix;
+    see :func:`perplexity_scorer`, ``core.tasks.summarization.rouge_scorer`` and
+    ``core.tasks.qa.squad_scorer``. ``predictions``: the scorers need the model's predictions
+    (span logits), which a loss-only evaluation would not keep.
     """
-    from core.evaluation import perplexity
 
-    class PerplexityTrainer(trainer_cls):
-        def evaluation_loop(self, *args, **kwargs):
-            output = super().evaluation_loop(*args, **kwargs)
-            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-            if f"{prefix}_loss" in output.metrics:
-                output.metrics[f"{prefix}_perplexity"] = perplexity(output.metrics[f"{prefix}_loss"])
+    class ScoredTrainer(trainer_cls):
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            output = super().evaluation_loop(dataloader, description,
+                                             prediction_loss_only=False if predictions else prediction_loss_only,
+                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            for scorer in scorers:
+                found = scorer(self, output, metric_key_prefix)
+                output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in found.items()})
             return output
 
-    PerplexityTrainer.__name__ = PerplexityTrainer.__qualname__ = f"Perplexity{trainer_cls.__name__}"
-    return PerplexityTrainer
+    ScoredTrainer.__name__ = ScoredTrainer.__qualname__ = f"Scored{trainer_cls.__name__}"
+    return ScoredTrainer
+
+
+def perplexity_scorer(trainer, output, prefix: str) -> dict:
+    """perplexity = exp(eval loss), for trainers whose eval loss is a per-token language-model loss
+    (SFT, summarization); the EventCallback stores it as ``perplexity``. Preference and RL losses
+    have no perplexity."""
+    from core.evaluation import perplexity
+
+    loss = output.metrics.get(f"{prefix}_loss")
+    return {} if loss is None else {"perplexity": perplexity(loss)}
 
 
 def event_callback(ctx: "TrainContext"):

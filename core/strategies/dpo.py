@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.plugins import LORA, MemoryProfile
+
 BETA = 0.1  # trl's default: higher keeps the policy closer to the reference model
 
 # The final metrics worth reporting (every eval metric is stored as a curve anyway).
@@ -23,6 +25,16 @@ class DPOStrategy:
     description: str = "Direct preference optimisation on chosen/rejected pairs (LoRA, no separate reference model)"
     tasks: tuple[str, ...] = ("text-generation",)
     data_kinds: tuple[str, ...] = ("preference",)
+    data_converts: tuple[tuple[str, str], ...] = ()
+    memory: MemoryProfile = LORA
+    own_process: bool = False
+    multi_process: bool = True
+
+    def config_problems(self, config) -> list:
+        return []
+
+    def adjust_config(self, config):
+        return config
 
     def available(self) -> tuple[bool, str]:
         return True, ""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.plugins import LORA, MemoryProfile
+
 BETA = 0.1  # trl's default: higher keeps the policy closer to the reference model
 
 # The final metrics worth reporting (every eval metric is stored as a curve anyway).
@@ -22,7 +24,15 @@ class KTOStrategy:
     name: str = "kto"
     description: str = "Kahneman-Tversky optimisation on answers labelled good or bad (pairs are split)"
     tasks: tuple[str, ...] = ("text-generation",)
-    data_kinds: tuple[str, ...] = ("kto", "preference")
+    data_kinds: tuple[str, ...] = ("kto",)
+    # Preference pairs are split into their chosen (good) and rejected (bad) answers.
+    data_converts: tuple[tuple[str, str], ...] = (("preference", "kto"),)
+    memory: MemoryProfile = LORA
+    own_process: bool = False
+    multi_process: bool = True
+
+    def config_problems(self, config) -> list:
+        return []
 
     def available(self) -> tuple[bool, str]:
         return True, ""

@@ -17,6 +17,8 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 
+from core.plugins import LORA, MemoryProfile
+
 BETA = 0.1  # weight of the odds-ratio term against the SFT loss (trl's default; the paper's lambda)
 
 # The final metrics worth reporting (every eval metric is stored as a curve anyway).
@@ -37,6 +39,16 @@ class ORPOStrategy:
     description: str = "Odds-ratio preference optimisation: SFT and preference in one loss, no reference model"
     tasks: tuple[str, ...] = ("text-generation",)
     data_kinds: tuple[str, ...] = ("preference",)
+    data_converts: tuple[tuple[str, str], ...] = ()
+    memory: MemoryProfile = LORA
+    own_process: bool = False
+    multi_process: bool = True
+
+    def config_problems(self, config) -> list:
+        return []
+
+    def adjust_config(self, config):
+        return config
 
     def available(self) -> tuple[bool, str]:
         import importlib.util

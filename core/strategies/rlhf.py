@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.plugins import MemoryProfile
+
 NUM_GENERATIONS = 2          # answers sampled per prompt; more: better advantage estimates, slower
 MAX_COMPLETION_TOKENS = 32   # longest sampled answer; generation dominates the cost on a CPU
 KL_BETA = 0.04               # KL penalty weight; 0 would skip the reference pass (and the KL metric)
@@ -71,7 +73,7 @@ def load_reward_model(path: str | Path, dtype=None):
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from core.providers.huggingface import prepare_tokenizer
+    from core.models import prepare_tokenizer
 
     p = reward_dir(path)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(str(p)))
@@ -94,6 +96,14 @@ class RLHFStrategy:
     description: str = "RLHF: a reward model (LoRA classifier) on the preference pairs, then GRPO against it"
     tasks: tuple[str, ...] = ("text-generation",)
     data_kinds: tuple[str, ...] = ("preference",)
+    data_converts: tuple[tuple[str, str], ...] = ()
+    # Two models train one after the other (reward model, then policy), each with checkpoints.
+    memory: MemoryProfile = MemoryProfile(trained_models=2)
+    own_process: bool = False
+    multi_process: bool = True
+
+    def config_problems(self, config) -> list:
+        return []
 
     def available(self) -> tuple[bool, str]:
         return True, ""
@@ -124,7 +134,7 @@ class RLHFStrategy:
         from transformers import AutoModelForSequenceClassification
         from trl import RewardConfig, RewardTrainer
 
-        from core.providers.huggingface import resolve_model_path
+        from core.models import resolve_model_path
         from core.strategies.common import (dataset, final_metrics, fit_preference, log_recorder, lora_config, quiet,
                                             save, training_kwargs)
 

@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import Problem
+from core.plugins import MemoryProfile
+
+SFT_MEMORY = MemoryProfile(chunked_loss=True)
+
 
 def to_trl_rows(rows: list[dict]) -> list[dict]:
     out = []
@@ -50,6 +55,13 @@ class SFTStrategy:
                         "document/summary pairs; SQuAD-style questions")
     tasks: tuple[str, ...] = ("text-generation", "summarization", "extractive-qa")
     data_kinds: tuple[str, ...] = ("conversation", "text", "summarization", "qa")
+    # Summaries train a chat model as conversations; input/output pairs are document/summary pairs.
+    data_converts: tuple[tuple[str, str], ...] = (("summarization", "conversation"), ("input-output", "summarization"))
+    # LoRA, and trl's SFTTrainer computes the loss in chunks of 256 tokens (loss_type "chunked_nll",
+    # its default): the batch's full logits never exist, which the memory estimate must know.
+    memory: MemoryProfile = SFT_MEMORY
+    own_process: bool = False
+    multi_process: bool = True
     quantization: str | None = None  # qlora forces "4bit"
 
     def available(self) -> tuple[bool, str]:
@@ -59,6 +71,13 @@ class SFTStrategy:
             if importlib.util.find_spec("bitsandbytes") is None:
                 return False, "needs bitsandbytes (pip install bitsandbytes)"
         return True, ""
+
+    def config_problems(self, config) -> list[Problem]:
+        if self.quantization and config.quantization not in ("none", self.quantization):
+            return [Problem(f"{self.name} means a {self.quantization} base; {config.quantization} contradicts it",
+                            f"use strategy sft with quantization {config.quantization}, or quantization "
+                            f"{self.quantization}", field="quantization")]
+        return []
 
     def adjust_config(self, config):
         if self.quantization and config.quantization != self.quantization:
@@ -78,7 +97,8 @@ class SFTStrategy:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from core.strategies.common import lora_config, train_save_evaluate, training_kwargs, with_perplexity
+        from core.strategies.common import (lora_config, perplexity_scorer, train_save_evaluate, training_kwargs,
+                                            with_eval_metrics)
 
         c = ctx.config
         # 1. data, in trl's shape
@@ -93,9 +113,16 @@ class SFTStrategy:
             dataset_num_proc=None,
         )
         # 3. trainer, with LoRA unless the provider already applied it (unsloth)
-        peft = None if getattr(ctx.model, "_modelforge_peft_applied", False) else lora_config(c)
-        trainer = with_perplexity(SFTTrainer)(
+        peft = None if ctx.adapter_applied else lora_config(c)
+        trainer = with_eval_metrics(SFTTrainer, perplexity_scorer)(
             model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=ctx.tokenizer, peft_config=peft, callbacks=ctx.callbacks)
         # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
         return train_save_evaluate(trainer, ctx, eval_ds, keep=("eval_loss",))
+
+
+def qlora() -> SFTStrategy:
+    """QLoRA: SFT with LoRA on a 4-bit NF4 base, offered by name (any strategy can also use
+    ``quantization: 4bit``)."""
+    return SFTStrategy(name="qlora", quantization="4bit",
+                       description="SFT with LoRA on a 4-bit NF4 base (bitsandbytes)")

@@ -147,33 +147,22 @@ def predict(rows: list[dict], windows: list[Window], start_logits, end_logits) -
     return out
 
 
-def with_squad_metrics(trainer_cls):
-    """``trainer_cls`` whose every evaluation also predicts spans and scores exact match and F1.
+def squad_scorer(rows: list[dict], windows: list[Window]):
+    """A scorer for :func:`core.strategies.common.with_eval_metrics`: predicts spans from the
+    evaluation's start/end logits and scores exact match and F1 against ``rows`` (whose windows,
+    from :func:`encode`, are in the order of the eval dataset)."""
 
-    Reads ``self.qa_rows`` and ``self.qa_windows`` (from :func:`encode` of the eval rows, in the
-    order of the eval dataset), set by the caller after construction.
-    """
+    def score(trainer, output, prefix: str) -> dict:
+        from core.evaluation import squad_metrics
 
-    class SquadTrainer(trainer_cls):
-        qa_rows: list[dict] = []
-        qa_windows: list[Window] = []
+        if not rows or output.predictions is None:
+            return {}
+        start_logits, end_logits = output.predictions[:2]
+        preds = predict(rows, windows, start_logits, end_logits)
+        return squad_metrics({q: p["answer"] for q, p in preds.items()},
+                             {r["id"]: r["answers"]["text"] for r in rows})
 
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
-            from core.evaluation import squad_metrics
-
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only=False,
-                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            if self.qa_rows and output.predictions is not None:
-                start_logits, end_logits = output.predictions[:2]
-                preds = predict(self.qa_rows, self.qa_windows, start_logits, end_logits)
-                scores = squad_metrics({q: p["answer"] for q, p in preds.items()},
-                                       {r["id"]: r["answers"]["text"] for r in self.qa_rows})
-                output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
-            return output
-
-    SquadTrainer.__name__ = SquadTrainer.__qualname__ = f"Squad{trainer_cls.__name__}"
-    return SquadTrainer
+    return score
 
 
 # The final metrics worth reporting (every eval metric is stored as a curve anyway).
@@ -185,7 +174,7 @@ def train(ctx) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from core.strategies.common import train_save_evaluate, training_kwargs, with_lora
+    from core.strategies.common import train_save_evaluate, training_kwargs, with_eval_metrics, with_lora
 
     c, tokenizer = ctx.config, ctx.tokenizer
     # An encoder's window cannot exceed its position table (BERT-style models: 512).
@@ -201,9 +190,8 @@ def train(ctx) -> dict:
         eval_ds = Dataset.from_dict(eval_inputs)
     # 3. trainer, with span prediction, exact match and F1 at every evaluation
     args = TrainingArguments(**training_kwargs(ctx), label_names=["start_positions", "end_positions"])
-    trainer = with_squad_metrics(Trainer)(
+    trainer = with_eval_metrics(Trainer, squad_scorer(ctx.eval_rows, eval_windows), predictions=True)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), callbacks=ctx.callbacks)
-    trainer.qa_rows, trainer.qa_windows = ctx.eval_rows, eval_windows
     # 4-6. train, save, evaluate: exact match and F1 of the predicted spans on the validation split
     return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)

@@ -11,7 +11,6 @@ perplexity to the metrics, so every evaluation, not only the last, is scored.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from core.data.converters import SUMMARIZE_PROMPT
@@ -79,37 +78,21 @@ def generate_summaries(model, tokenizer, documents: list[str], *, seq2seq: bool,
     return out
 
 
-def with_rouge(trainer_cls):
-    """``trainer_cls`` whose every evaluation also scores generated summaries with ROUGE.
+def rouge_scorer(rows: list[dict], seq2seq: bool, max_length: int):
+    """A scorer for :func:`core.strategies.common.with_eval_metrics`: ROUGE-1/2/L (0..100) of
+    summaries generated for the first ``ROUGE_SAMPLES`` of ``rows`` (document/summary dicts)."""
 
-    The subclass reads ``self.rouge_rows`` (document/summary dicts), ``self.rouge_seq2seq`` and
-    ``self.rouge_max_length``, set by the caller after construction.
-    """
+    def score(trainer, output, prefix: str) -> dict:
+        from core.evaluation import rouge
 
-    class RougeTrainer(trainer_cls):
-        rouge_rows: list[dict] = []
-        rouge_seq2seq: bool = True
-        rouge_max_length: int = 512
+        sample = rows[:ROUGE_SAMPLES]
+        if not sample:
+            return {}
+        preds = generate_summaries(trainer.model, trainer.processing_class, [r["document"] for r in sample],
+                                   seq2seq=seq2seq, max_length=max_length)
+        return {k: 100.0 * v for k, v in rouge(preds, [r["summary"] for r in sample]).items()}
 
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
-            from core.evaluation import rouge
-
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
-                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            rows = self.rouge_rows[:ROUGE_SAMPLES]
-            if rows:
-                preds = generate_summaries(self.model, self.processing_class, [r["document"] for r in rows],
-                                           seq2seq=self.rouge_seq2seq, max_length=self.rouge_max_length)
-                scores = rouge(preds, [r["summary"] for r in rows])
-                output.metrics.update({f"{metric_key_prefix}_{k}": 100.0 * v for k, v in scores.items()})
-            loss = output.metrics.get(f"{metric_key_prefix}_loss")
-            if loss is not None:
-                output.metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(float(loss), 50.0))
-            return output
-
-    RougeTrainer.__name__ = RougeTrainer.__qualname__ = f"Rouge{trainer_cls.__name__}"
-    return RougeTrainer
+    return score
 
 
 # The final metrics worth reporting (every eval metric is stored as a curve anyway).
@@ -120,7 +103,8 @@ def train_seq2seq(ctx) -> dict:
     """Fine-tune an encoder-decoder (LoRA) on document -> summary; return loss, perplexity, ROUGE."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from core.strategies.common import dataset, train_save_evaluate, training_kwargs, with_lora
+    from core.strategies.common import (dataset, perplexity_scorer, train_save_evaluate, training_kwargs,
+                                        with_eval_metrics, with_lora)
 
     c, tokenizer = ctx.config, ctx.tokenizer
     # 1. adapt: LoRA on the encoder-decoder (the provider loaded AutoModelForSeq2SeqLM)
@@ -137,11 +121,11 @@ def train_seq2seq(ctx) -> dict:
     eval_ds = eval_ds.map(encode, batched=True, remove_columns=["document", "summary"]) if eval_ds else None
     # 3. trainer, with ROUGE on generated summaries at every evaluation
     args = Seq2SeqTrainingArguments(**training_kwargs(ctx))
-    trainer = with_rouge(Seq2SeqTrainer)(
+    scored = with_eval_metrics(Seq2SeqTrainer, rouge_scorer(ctx.eval_rows, True, c.max_length), perplexity_scorer)
+    trainer = scored(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         callbacks=ctx.callbacks)
-    trainer.rouge_rows, trainer.rouge_seq2seq, trainer.rouge_max_length = ctx.eval_rows, True, c.max_length
     # 4-6. train, save, evaluate: loss, perplexity and ROUGE-1/2/L on the validation split
     return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)
 
@@ -150,7 +134,8 @@ def train_causal(ctx) -> dict:
     """SFT of a causal LM on 'Summarize the following text' chats; return loss, perplexity, ROUGE."""
     from trl import SFTConfig, SFTTrainer
 
-    from core.strategies.common import dataset, peft_for, train_save_evaluate, training_kwargs
+    from core.strategies.common import (dataset, peft_for, perplexity_scorer, train_save_evaluate, training_kwargs,
+                                        with_eval_metrics)
 
     c = ctx.config
     # 1. data: each pair as a chat whose answer is the summary
@@ -160,9 +145,9 @@ def train_causal(ctx) -> dict:
     args = SFTConfig(**training_kwargs(ctx), max_length=c.max_length, completion_only_loss=True,
                      dataset_num_proc=None)
     # 3. trainer, with LoRA and ROUGE on generated summaries at every evaluation
-    trainer = with_rouge(SFTTrainer)(
+    scored = with_eval_metrics(SFTTrainer, rouge_scorer(ctx.eval_rows, False, c.max_length), perplexity_scorer)
+    trainer = scored(
         model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=ctx.tokenizer,
         peft_config=peft_for(ctx), callbacks=ctx.callbacks)
-    trainer.rouge_rows, trainer.rouge_seq2seq, trainer.rouge_max_length = ctx.eval_rows, False, c.max_length
     # 4-6. train (resuming when asked), save the adapter and tokenizer, evaluate
     return train_save_evaluate(trainer, ctx, eval_ds, keep=REPORTED)

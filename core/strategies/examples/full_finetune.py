@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.plugins import MemoryProfile
+
 
 @dataclass
 class FullFineTuneStrategy:
@@ -17,6 +19,14 @@ class FullFineTuneStrategy:
     description: str = "Supervised fine-tuning of every weight (no LoRA); small models only"
     tasks: tuple[str, ...] = ("text-generation",)
     data_kinds: tuple[str, ...] = ("conversation", "text")
+    data_converts: tuple[tuple[str, str], ...] = ()
+    # Every weight trains: the memory estimate counts AdamW's two copies of every weight.
+    memory: MemoryProfile = MemoryProfile(full_finetune=True)
+    own_process: bool = False
+    multi_process: bool = True
+
+    def config_problems(self, config) -> list:
+        return []
 
     def available(self) -> tuple[bool, str]:
         return True, ""
