@@ -499,7 +499,7 @@ def test_push_uploads_the_gguf_and_modelfile(trained, f16_export, monkeypatch):
     the adapter folder and then the newest GGUF export with its Modelfile under gguf/."""
     import huggingface_hub
 
-    import core.providers.huggingface as hf
+    import core.models as hf
     from components.common import AppContext
     from components.models_tab import push_to_hub
     from core.jobs import JobManager

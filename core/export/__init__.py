@@ -99,7 +99,7 @@ def resolve_source(store, model_key: str) -> _Source:
         NotFoundError: no such model. ModelForgeError: not a causal language model, files missing.
     """
     from core.inference import read_card
-    from core.providers.huggingface import resolve_model_path
+    from core.models import resolve_model_path
 
     rec = store.get_model(model_key)
     model_dir = Path(rec.path)
@@ -230,7 +230,8 @@ def _validation_rows(run_config: dict) -> tuple[list[dict], str]:
     if not run_config.get("dataset") or not float(run_config.get("validation_split") or 0):
         return [], "the run held out no validation data"
     try:
-        from core.data import split_train_eval, validate_file
+        from core.checks import validate_file
+        from core.data import split_train_eval
 
         report = validate_file(run_config["dataset"], task=run_config.get("task", "text-generation"),
                                strategy=run_config.get("strategy", "sft"),
