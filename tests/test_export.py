@@ -28,6 +28,9 @@ except ImportError:
     pytest.skip("needs the export extra: pip install -e '.[export]'", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
+# The module trains the identity demo once (~45 s on 2 idle cores): on a machine shared with other
+# heavy jobs that took over 15 minutes, past pytest's default limit, so this module gets more.
+pytestmark = pytest.mark.timeout(2700)
 
 
 @pytest.fixture(scope="module")
