@@ -122,11 +122,11 @@ def test_new_user_flow_in_a_real_browser(browser, app_url, shared_data):
         assert "gguf f16" in summary and "4/4" in summary, summary
         table = page.inner_text("#export-verification")
         assert "Who are you?" in table and "Forge" in table, table
-        link = page.locator("#export-files a", has_text=".gguf").first
+        link = page.locator("#export-files a[download$='.gguf']").first
         href = link.get_attribute("href")
         got = page.request.get(href if href.startswith("http") else app_url.rstrip("/") + "/" + href.lstrip("/"))
         assert got.ok and got.body()[:4] == b"GGUF", (got.status, got.body()[:40])
-        assert page.locator("#export-files a", has_text="Modelfile").count() == 1
+        assert page.locator("#export-files a[download='Modelfile']").count() == 1
         _shot(page, "5b-export")
 
     # Playground: ask, get an answer from the tuned model and from its base.
