@@ -273,8 +273,8 @@ def refresh_outputs(ctx: AppContext, selected: str | None = None) -> list:
 
 def build(ctx: AppContext) -> ModelsTab:
     with gr.Row():
-        gr.Markdown("Your trained models. Pick one for its details, to merge it into a full model, to push it "
-                    "to the Hub, or to delete it.", elem_classes=["mf-help"])
+        gr.Markdown("Your trained models. Pick one for its details, to export it (GGUF, Ollama), to merge it "
+                    "into a full model, to push it to the Hub, or to delete it.", elem_classes=["mf-help"])
         refresh = gr.Button("Refresh", elem_id="btn-models-refresh", scale=0, min_width=120)
     empty = gr.Markdown(EMPTY_TEXT, elem_id="models-empty", visible=True)
     table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, wrap=True, visible=False,
