@@ -1,4 +1,4 @@
-"""The ``modelforge`` command: ui | train | validate | generate | models | runs | info | hardware | doctor.
+"""The ``modelforge`` command: ui | train | validate | generate | models | export | serve | runs | info | hardware | doctor.
 
 Exit codes: 0 success; 2 bad input or configuration (one clear message on stderr, no
 traceback); 1 an unexpected fault (the traceback goes to the app log file, one line on
@@ -115,6 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      "events.jsonl, model/modelforge.json) the records lack is restored. Safe to "
                                      "run on a healthy database: nothing recorded is changed.")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    exp = sub.add_parser("export", help="export a trained model to GGUF (llama.cpp, Ollama) or a merged folder",
+                         description="Export a trained model: GGUF with an Ollama Modelfile (needs the export "
+                                     "extra), a merged transformers folder, or a LoRA GGUF over its base. Every "
+                                     "export is verified: llama.cpp answers the model's prompts and is compared "
+                                     "with transformers.")
+    exp.add_argument("model", help="a model record id or name (see `modelforge models`)")
+    exp.add_argument("--format", dest="export_format", default="gguf", choices=["gguf", "merged", "lora-gguf"],
+                     help="gguf: one file; merged: a transformers folder; lora-gguf: base GGUF + adapter GGUF")
+    exp.add_argument("--quantization", default="f16", choices=["f16", "q8_0", "q4_k_m"],
+                     help="f16: exact (default); q8_0: half the size, near-lossless; q4_k_m: a quarter, some drift")
+    exp.add_argument("--output", default=None, help="folder to write into (default: DATA/exports/MODEL_ID/)")
+    exp.add_argument("--no-verify", action="store_true", help="skip the llama.cpp vs transformers check")
+    exp.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+    srv = sub.add_parser("serve", help="serve a model's GGUF export with an OpenAI-compatible API",
+                         description="Serve the newest GGUF export of a model (or a .gguf file) with "
+                                     "llama-cpp-python's OpenAI-compatible server: POST /v1/chat/completions.")
+    srv.add_argument("model", help="a model record id or name (its newest GGUF export), or a .gguf file")
+    srv.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; others need --api-key)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--api-key", default=None, help="key clients must send (or MODELFORGE_API_KEY)")
+    srv.add_argument("--no-auth", action="store_true", help="allow a non-loopback server without a key")
+    srv.add_argument("--max-tokens", type=int, default=512, help="upper bound of max_tokens per request (default 512)")
 
     for name, text in (("models", "list trained models"), ("runs", "list training runs"),
                        ("info", "list providers, strategies and tasks, and whether each works here"),
@@ -365,6 +389,49 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from core.export import export_model
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction * 100:3.0f}%] {message}", file=sys.stderr, flush=True)
+
+    result = export_model(_services().store, args.model, args.export_format, args.quantization, args.output,
+                          progress=progress, verify=not args.no_verify)
+    out = result.to_dict()
+    v = result.verification
+    if args.json:
+        print(json.dumps(out, default=str))
+    else:
+        print(f"exported {result.format}" + (f" {result.quantization}" if result.quantization else "")
+              + f": {result.path} ({result.bytes / 2**20:.1f} MiB, {result.seconds:.0f} s)")
+        if result.modelfile:
+            print(f"Ollama: ollama create NAME -f {result.modelfile}")
+        if v.get("rows"):
+            print(f"verification ({v.get('runtime')}): {v['same_text']}/{v['prompts']} same answers, "
+                  f"mean token agreement {v['mean_token_agreement']:.2f}")
+            for r in v["rows"]:
+                mark = "same" if r["same_text"] else f"{r['token_agreement']:.2f}"
+                print(f"  [{mark}] {r['prompt'][:40]!r}: {r['llama_cpp'][:70]!r}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from core.errors import ConfigError
+    from core.serve import check_access, find_gguf, serve
+
+    if not 1 <= args.max_tokens <= 32768:
+        raise ConfigError("--max-tokens must be between 1 and 32768")
+    key = check_access(args.host, args.api_key, args.no_auth)
+    served = find_gguf(_services().store, args.model)
+    print(f"serving {served.gguf}" + (f" + LoRA {served.lora}" if served.lora else "")
+          + f" as '{served.name}' on http://{args.host}:{args.port}/v1 (OpenAI API; max_tokens <= {args.max_tokens})",
+          file=sys.stderr, flush=True)
+    serve(served, args.host, args.port, api_key=key, max_tokens=args.max_tokens)
+    return EXIT_OK
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -454,7 +521,8 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "generate": cmd_generate, "models": cmd_models,
-            "runs": cmd_runs, "info": cmd_info, "hardware": cmd_hardware, "ui": cmd_ui, "doctor": cmd_doctor}
+            "export": cmd_export, "serve": cmd_serve, "runs": cmd_runs, "info": cmd_info, "hardware": cmd_hardware,
+            "ui": cmd_ui, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ Lists the model records; shows one model's config, metrics and loss curve (from 
 points the run stored); deletes a model (record and files, after a confirmation, and only files
 inside the data folder); merges a LoRA adapter into its base and offers the result as a zip; and
 pushes a model to the Hugging Face Hub with a token typed for that one upload (never stored,
-never logged).
+never logged), with its newest GGUF export and Modelfile when there is one; exports a model to
+GGUF / Ollama or a merged folder (core.export), showing the verification table.
 """
 
 from __future__ import annotations
@@ -189,11 +190,66 @@ def push_to_hub(ctx: AppContext, model_id: str, repo_id: str, token: str, privat
         api.create_repo(repo_id.strip(), private=bool(private), exist_ok=True)
         url = api.upload_folder(folder_path=str(folder), repo_id=repo_id.strip(),
                                 commit_message=f"Upload {rec.name} from ModelForge")
+        gguf = newest_gguf_export(rec.id)
+        if gguf is not None:  # the GGUF and its Modelfile, under gguf/ in the same repository
+            url = api.upload_folder(folder_path=str(gguf), repo_id=repo_id.strip(), path_in_repo="gguf",
+                                    allow_patterns=["*.gguf", "Modelfile", "export.json"],
+                                    commit_message=f"Upload the GGUF export of {rec.name} from ModelForge")
     except Exception as exc:  # noqa: BLE001 - say why, without the token
         text = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).replace(token.strip(), "***")
         raise ModelForgeError(f"push to {repo_id} failed: {text[:300]}",
                               "check the token's write access and the repository name") from None
-    return f"Pushed {rec.name} to https://huggingface.co/{repo_id.strip()} ({getattr(url, 'commit_url', url)})"
+    with_gguf = f" with its GGUF export ({gguf.name}) under gguf/" if gguf is not None else ""
+    return (f"Pushed {rec.name}{with_gguf} to https://huggingface.co/{repo_id.strip()} "
+            f"({getattr(url, 'commit_url', url)})")
+
+
+def newest_gguf_export(model_id: str) -> Path | None:
+    """The folder of the model's newest GGUF export (gguf or lora-gguf), if any."""
+    found = []
+    for meta in (exports_dir() / model_id).glob("*/export.json"):
+        try:
+            fmt = json.loads(meta.read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError):
+            continue
+        if fmt in ("gguf", "lora-gguf"):
+            found.append((meta.stat().st_mtime, meta.parent))
+    return max(found)[1] if found else None
+
+
+VERIFY_HEADERS = ["prompt", "transformers", "llama.cpp", "same text", "token agreement"]
+
+
+def export_model_ui(ctx: AppContext, model_id: str, fmt: str = "gguf", quantization: str = "f16",
+                    progress=None) -> tuple[list[str], str, list[list[Any]]]:
+    """Export a model (core.export) for the page: the files to download, a summary and the
+    verification table (one row per prompt: both answers, same text, token agreement).
+
+    Raises:
+        ModelForgeError: refused (unsupported model, missing export extra, disk), with why.
+    """
+    from core.export import export_model
+
+    if not model_id:
+        raise NotFoundError("no model chosen", "pick one in the list")
+    say = (lambda f, m: progress(f, desc=m)) if progress is not None else None
+    r = export_model(ctx.store, model_id, fmt, quantization, progress=say)
+    files = [f for f in r.files if Path(f).is_file()]
+    if r.format == "merged":  # a folder: offered as one zip
+        files = [shutil.make_archive(r.folder, "zip", root_dir=r.folder)]
+    v = r.verification
+    rows = [[row["prompt"], row["transformers"], row["llama_cpp"], "yes" if row["same_text"] else "no",
+             row["token_agreement"]] for row in v.get("rows", [])]
+    what = r.format + (f" {r.quantization}" if r.quantization else "")
+    lines = [f"✅ **Exported {what}** · {fmt_bytes(r.bytes)} · {r.seconds:.0f} s · `{r.path}`"]
+    if v.get("rows"):
+        lines.append(f"Verification ({v.get('runtime')}): **{v['same_text']}/{v['prompts']}** answers identical to "
+                     f"transformers, mean token agreement **{v['mean_token_agreement']:.2f}**.")
+    if r.modelfile:
+        lines.append(f"Ollama: download the files into one folder, then `ollama create {Path(r.path).stem} -f Modelfile`.")
+    for w in r.warnings:
+        lines.append(f"⚠️ **Warning:** {w}")
+    return files, "\n\n".join(lines), rows
 
 
 # -- widgets --------------------------------------------------------------------------------------
@@ -217,8 +273,8 @@ def refresh_outputs(ctx: AppContext, selected: str | None = None) -> list:
 
 def build(ctx: AppContext) -> ModelsTab:
     with gr.Row():
-        gr.Markdown("Your trained models. Pick one for its details, to merge it into a full model, to push it "
-                    "to the Hub, or to delete it.", elem_classes=["mf-help"])
+        gr.Markdown("Your trained models. Pick one for its details, to export it (GGUF, Ollama), to merge it "
+                    "into a full model, to push it to the Hub, or to delete it.", elem_classes=["mf-help"])
         refresh = gr.Button("Refresh", elem_id="btn-models-refresh", scale=0, min_width=120)
     empty = gr.Markdown(EMPTY_TEXT, elem_id="models-empty", visible=True)
     table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, wrap=True, visible=False,
@@ -242,8 +298,8 @@ def build(ctx: AppContext) -> ModelsTab:
                 merged_file = gr.File(label="Merged model", interactive=False, elem_id="models-merged-file")
         with gr.Column():
             with gr.Group():
-                gr.Markdown("**Push to the Hugging Face Hub** — the token is used for this upload only; it is "
-                            "never stored or logged.")
+                gr.Markdown("**Push to the Hugging Face Hub** — with the newest GGUF export and its Modelfile, "
+                            "if any. The token is used for this upload only; it is never stored or logged.")
                 repo = gr.Textbox(label="Repository", placeholder="your-name/identity-demo", elem_id="hub-repo")
                 token = gr.Textbox(label="Token (write access)", type="password", elem_id="hub-token")
                 private = gr.Checkbox(value=True, label="Private repository", elem_id="hub-private")
@@ -253,6 +309,22 @@ def build(ctx: AppContext) -> ModelsTab:
                 gr.Markdown("**Delete** — the record and its files (inside the data folder only).")
                 confirm = gr.Checkbox(value=False, label="Yes, delete it", elem_id="delete-confirm")
                 delete = gr.Button("Delete model", variant="stop", elem_id="btn-delete")
+    with gr.Group():
+        gr.Markdown("**Export to GGUF / Ollama** — converted with llama.cpp's own tools, with an Ollama Modelfile, "
+                    "and verified: llama.cpp answers the model's prompts and is compared with transformers.")
+        with gr.Row():
+            export_format = gr.Radio(["gguf", "lora-gguf", "merged"], value="gguf", label="Format",
+                                     info="gguf: one file · lora-gguf: base + adapter · merged: transformers folder",
+                                     elem_id="export-format")
+            export_quant = gr.Radio(["f16", "q8_0", "q4_k_m"], value="f16", label="Quantization",
+                                    info="f16: exact · q8_0: half the size · q4_k_m: a quarter, some drift",
+                                    elem_id="export-quant")
+            export_btn = gr.Button("Export", variant="primary", elem_id="btn-export", scale=0, min_width=140)
+        export_summary = gr.Markdown("", elem_id="export-summary")
+        export_files = gr.File(label="Exported files", file_count="multiple", interactive=False,
+                               elem_id="export-files")
+        export_table = gr.Dataframe(headers=VERIFY_HEADERS, value=None, interactive=False, wrap=True,
+                                    label="Verification: llama.cpp vs transformers", elem_id="export-verification")
     message = gr.Markdown("", elem_id="models-message")
 
     outputs = [table, empty, choice]
@@ -282,6 +354,10 @@ def build(ctx: AppContext) -> ModelsTab:
         path = merge_model(ctx, model_id)
         return path, f"Merged into `{Path(path).name}`: download it above."
 
+    def _export(model_id, fmt, quant, progress=gr.Progress()):
+        files, text, rows = export_model_ui(ctx, model_id, fmt, quant, progress=progress)
+        return files, text, rows or None
+
     def _push(model_id, repo_id, tok, priv):
         text = push_to_hub(ctx, model_id, repo_id, tok, priv)
         return f"✅ {text}", ""  # clears the token box
@@ -292,6 +368,8 @@ def build(ctx: AppContext) -> ModelsTab:
     table.select(_select_row, table, choice, api_visibility="private")
     delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private")
     merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model")
+    export_btn.click(guard(_export), [choice, export_format, export_quant], [export_files, export_summary, export_table],
+                     api_name="export_model")
     # .then runs after an error too: the token leaves the page whatever happened.
     push.click(guard(_push), [choice, repo, token, private], [message, token], api_visibility="private").then(
         lambda: "", None, token, api_visibility="private", show_progress="hidden")

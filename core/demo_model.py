@@ -81,6 +81,8 @@ def build_tokenizer(out_dir: Path):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
+    # GPT-2's byte-level split exactly (no normalizer, GPT-2's regex, no prefix space): the GGUF
+    # export converts it as llama.cpp's "gpt-2" pre-tokenizer (core/export/_llamacpp_main.py).
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

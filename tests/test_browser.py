@@ -1,8 +1,8 @@
 """The app in a real headless Chromium, as a new user drives it.
 
 Open the app, upload identity.json and see it validated, start a short run on the demo model,
-watch the loss plot appear and the run complete, find the model in the Models tab, and get an
-answer in the Playground. Screenshots of each tab go to ``test-artifacts/screenshots/``.
+watch the loss plot appear and the run complete, find the model in the Models tab, export it to
+GGUF (verification table, download), and get an answer in the Playground. Screenshots of each tab go to ``test-artifacts/screenshots/``.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and PyPI's ``playwright`` (no browser
 download). Skipped with the reason when Chromium is missing, unless MODELFORGE_REQUIRE_BROWSER=1
@@ -109,6 +109,25 @@ def test_new_user_flow_in_a_real_browser(browser, app_url, shared_data):
     page.wait_for_function("document.querySelector('#models-table') && "
                            "document.querySelector('#models-table').innerText.includes('identity')", timeout=120_000)
     _shot(page, "5-models")
+
+    # Models: export to GGUF f16 (the defaults), see the verification table, download the file.
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is not None or os.environ.get("CI"):
+        page.wait_for_function("document.querySelector('#models-choice input').value.length > 0", timeout=60_000)
+        page.click("#btn-export")
+        page.wait_for_function("document.querySelector('#export-summary').innerText.includes('Exported')",
+                               timeout=400_000)
+        summary = page.inner_text("#export-summary")
+        assert "gguf f16" in summary and "4/4" in summary, summary
+        table = page.inner_text("#export-verification")
+        assert "Who are you?" in table and "Forge" in table, table
+        link = page.locator("#export-files a[download$='.gguf']").first
+        href = link.get_attribute("href")
+        got = page.request.get(href if href.startswith("http") else app_url.rstrip("/") + "/" + href.lstrip("/"))
+        assert got.ok and got.body()[:4] == b"GGUF", (got.status, got.body()[:40])
+        assert page.locator("#export-files a[download='Modelfile']").count() == 1
+        _shot(page, "5b-export")
 
     # Playground: ask, get an answer from the tuned model and from its base.
     _tab(page, "playground")

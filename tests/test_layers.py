@@ -21,6 +21,7 @@ LAYERS = [
     ("plugins: providers, strategies (and their tasks), inference",
      ["core.providers", "core.strategies", "core.tasks", "core.inference"]),
     ("registry and checks", ["core.registry", "core.checks", "core.catalog"]),
+    ("export and serve: a trained model to GGUF, Ollama, an OpenAI-compatible server", ["core.export", "core.serve"]),
     ("callback, distributed", ["core.callback", "core.distributed"]),
     ("engine", ["core.engine", "core.worker"]),
     ("service", ["core.jobs", "core.service"]),
