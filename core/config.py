@@ -36,6 +36,7 @@ DATA_FORMATS = (
     "input-output",
     "preference",
     "sharegpt-preference",
+    "preference-messages",
     "summarization",
     "squad",
 )
