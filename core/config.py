@@ -44,6 +44,8 @@ QUANTIZATION = ("none", "4bit", "8bit")
 PRECISION = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 LOSS_ON = ("completion", "all")
+TRAIN_TURNS = ("all", "last")  # the same as core.data.chat.TRAIN_TURNS
+REASONING = ("train", "drop")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 
 # Names safe as folder names: no path separators, no "..", no control characters.
@@ -90,7 +92,7 @@ class RunConfig:
     # --- data ------------------------------------------------------------------------
     dataset: str = _f(
         "",
-        "Training data: a .json, .jsonl, .csv or .parquet file (or a hub dataset id when "
+        "Training data: a .json, .jsonl, .csv, .parquet or .txt file (or a hub dataset id when "
         "online).",
         "data",
     )
@@ -112,6 +114,27 @@ class RunConfig:
     )
     system_prompt: str = _f(
         "", "System message added to every conversation that has none (empty: none).", "data"
+    )
+    chat_template: str = _f(
+        "",
+        "How conversations are rendered: empty = the model's own chat template (ChatML if it has none); "
+        "chatml, llama3, qwen, gemma, mistral or phi; or a path to a .jinja file. Checked on the data "
+        "before training and saved with the model, so the Playground and export use the same.",
+        "data",
+    )
+    train_turns: str = _f(
+        "all",
+        "Which assistant turns of a conversation are trained: 'all' (every answer, the default) or "
+        "'last' (only the final one; the earlier ones are context). Messages with weight 0 are never "
+        "trained, weight 1 always (when 'all').",
+        "data", choices=TRAIN_TURNS,
+    )
+    reasoning: str = _f(
+        "train",
+        "Reasoning in the data (reasoning_content/thinking fields or parts): 'train' keeps it, rendered "
+        "as the chat template shows it (a <think> block otherwise), and trains on it with its answer; "
+        "'drop' removes it.",
+        "data", choices=REASONING,
     )
     validation_split: float = _f(
         0.1,
@@ -429,7 +452,7 @@ def config_problems(config: RunConfig, check_paths: bool = True,
     if not config.model.strip():
         problems.append(Problem("no base model given", "use 'demo', a local folder or a hub id", field="model"))
     if not config.dataset.strip():
-        problems.append(Problem("no dataset given", "pass --dataset PATH (json, jsonl, csv or parquet)", field="dataset"))
+        problems.append(Problem("no dataset given", "pass --dataset PATH (json, jsonl, csv, parquet or txt)", field="dataset"))
     elif check_paths and _looks_like_path(config.dataset) and not Path(config.dataset).expanduser().exists():
         problems.append(Problem(f"file not found: {config.dataset}", "check the path", field="dataset"))
     if config.max_steps == 0 and config.num_epochs <= 0:
@@ -442,6 +465,13 @@ def config_problems(config: RunConfig, check_paths: bool = True,
             field="name"))
     if not config.lora_target_modules.strip():
         problems.append(Problem("no LoRA target modules", "use 'all-linear'", field="lora_target_modules"))
+    if config.chat_template.strip():
+        from core.data.templates import resolve
+
+        try:
+            resolve(config.chat_template)
+        except ConfigError as exc:
+            problems += exc.problems
     problems += distributed_problems(config)
     return problems
 
@@ -474,7 +504,7 @@ def distributed_problems(config: RunConfig) -> list[Problem]:
 def _looks_like_path(text: str) -> bool:
     """A hub dataset id is 'org/name' with no extension; anything else is a local path."""
     p = text.strip()
-    return p.startswith((".", "/", "~")) or Path(p).suffix.lower() in (".json", ".jsonl", ".csv", ".parquet") or Path(p).exists()
+    return p.startswith((".", "/", "~")) or Path(p).suffix.lower() in (".json", ".jsonl", ".csv", ".parquet", ".txt") or Path(p).exists()
 
 
 # -- YAML -------------------------------------------------------------------------------------------
