@@ -151,6 +151,7 @@ def test_one_start_press_runs_each_check_once(store, small_alpaca, monkeypatch):
 
     monkeypatch.setattr(jobs_mod, "run_training", blocked_run)
     ctx = AppContext(store=store, jobs=JobManager(store))
+    queued: list[str] = []
     try:
         first = start_training(ctx, _config(small_alpaca, name="first", max_steps=3))["run_id"]
         calls: Counter = Counter()
@@ -172,9 +173,17 @@ def test_one_start_press_runs_each_check_once(store, small_alpaca, monkeypatch):
         count(jobs_mod, "_same_run")  # one run is active: the check compares with it once
 
         second = start_training(ctx, _config(small_alpaca, name="second", strategy="qlora", max_steps=3))
+        queued.append(second["run_id"])
         assert second["queued"] and second["run_id"] != first
         assert calls == {"validate_config": 1, "estimate_for_run": 1, "_same_run": 1}, calls
         assert estimated[0].quantization == "4bit"  # adjust_config ran before the pre-flight
         assert store.get_run(second["run_id"]).config["quantization"] == "4bit"
     finally:
+        # The queued run must not start for real once this test's stand-in is gone: a trainer
+        # thread still running at the interpreter's exit aborts the whole pytest process.
+        for run_id in queued:
+            ctx.jobs.stop(run_id)
         release.set()
+        deadline = time.time() + 60
+        while (ctx.jobs.current or ctx.jobs.waiting()) and time.time() < deadline:
+            time.sleep(0.1)
