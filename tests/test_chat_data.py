@@ -481,3 +481,34 @@ def test_chosen_template_is_checked_and_saved_with_the_model(store, tmp_path, de
     saved = (run_dir / "model" / "chat_template.jinja").read_text()
     assert saved == TEMPLATES["qwen"]
     assert load_model(str(run_dir / "model")).tokenizer.chat_template == TEMPLATES["qwen"]
+
+
+def test_anthropic_tool_use_and_tool_result_blocks(tok):
+    row = {"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in SF?"}]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "I should call the tool.", "signature": "x"},
+            {"type": "tool_use", "id": "toolu_1", "name": "get_current_weather",
+             "input": {"location": "San Francisco, USA", "format": "celsius"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "21.0"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "It is 21 C."}]}],
+        "tools": [WEATHER_TOOL]}
+    ex = canon(row)
+    assert ex["messages"][1] == {"role": "assistant", "content": "", "reasoning_content": "I should call the tool.",
+                                 "tool_calls": [{"id": "toolu_1", "type": "function", "function": {
+                                     "name": "get_current_weather",
+                                     "arguments": {"location": "San Francisco, USA", "format": "celsius"}}}]}
+    assert ex["messages"][2] == {"role": "tool", "content": "21.0", "tool_call_id": "toolu_1"}
+    assert trained(segments(ex, tok, "qwen"))[-1] == "It is 21 C.<|im_end|>"
+
+
+def test_hermes_text_tool_calls_are_not_orphan_results():
+    """Hermes function-calling data writes calls as <tool_call> text and results as tool turns."""
+    row = {"conversations": [
+        {"from": "system", "value": "You are a function calling AI model. <tools>[...]</tools>"},
+        {"from": "human", "value": "Weather in SF?"},
+        {"from": "gpt", "value": "<tool_call>\n{\"name\": \"w\", \"arguments\": {}}\n</tool_call>"},
+        {"from": "tool", "value": "<tool_response>\n21\n</tool_response>"},
+        {"from": "gpt", "value": "It is 21 C."}]}
+    examples, problems = normalise([row], "sharegpt")
+    assert len(examples) == 1 and not problems

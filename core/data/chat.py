@@ -157,6 +157,14 @@ class Renderer:
             out.append(_segments(upto, [(cut, len(upto))]))
         return out
 
+    def text(self, example: dict) -> str:
+        """The whole example rendered once (no masks): for token lengths."""
+        if "messages" not in example:
+            return example.get("text", "")
+        tools = example.get("tools")
+        msgs = [{k: v for k, v in m.items() if k != "train"} for m in self.prepare(example["messages"], tools)]
+        return self.render(msgs, tools)
+
     def segments(self, example: dict) -> list[dict]:
         """All sequences of one example, joined (for display)."""
         seqs = self.sequences(example)

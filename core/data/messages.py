@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 
 ROLE_ALIASES = {
     "system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
@@ -42,12 +43,13 @@ ROLE_ALIASES = {
 }
 ROLES_TEXT = ("system (developer), user (human), assistant (gpt, model, function_call), "
               "tool (observation, function, ipython)")
-TEXT_PARTS = ("text", "input_text", "output_text")
+TEXT_PARTS = ("text", "input_text", "output_text", "refusal")
 REASONING_PARTS = ("reasoning", "thinking", "reasoning_text")
 MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video",
                "video_url", "input_video", "file", "input_file", "image_file")
 MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+TEXT_CALL_TAGS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<function=", "<functioncall>")
 _PLACEHOLDER = re.compile(r"<(image|video|audio)>")
 
 
@@ -91,9 +93,17 @@ def _count(v) -> str:
 
 
 # -- content --------------------------------------------------------------------------------------
-def _parts(c: list, key: str, i: int) -> tuple[str, str]:
-    """Typed parts -> (text, reasoning)."""
-    texts, thoughts = [], []
+@dataclass
+class _Content:
+    text: str = ""
+    thought: str = ""
+    calls: list = field(default_factory=list)     # Anthropic tool_use parts, as OpenAI tool calls
+    results: list = field(default_factory=list)   # Anthropic tool_result parts, as tool messages
+
+
+def _parts(c: list, key: str, i: int) -> _Content:
+    """Typed parts -> text, reasoning, and (Anthropic's shape) tool_use / tool_result blocks."""
+    texts, thoughts, out = [], [], _Content()
     for j, p in enumerate(c, 1):
         if isinstance(p, str):
             texts.append(p)
@@ -103,7 +113,7 @@ def _parts(c: list, key: str, i: int) -> tuple[str, str]:
                            "text or {\"type\": \"text\", \"text\": ...}", key,
                            'use {"type": "text", "text": "..."} (or "value")')
         kind = str(p.get("type", "text")).lower()
-        body = p.get("text", p.get("value", p.get(kind)))
+        body = p.get("text", p.get("value", p.get("content", p.get(kind))))
         if kind in MEDIA_PARTS:
             raise RowError("multimodal", f"message {i} of '{key}' has a {kind} part: a text model does not see "
                            "it and would train on the text around it alone", key,
@@ -116,26 +126,39 @@ def _parts(c: list, key: str, i: int) -> tuple[str, str]:
             if isinstance(body, str):
                 thoughts.append(body)
                 continue
+        if kind == "redacted_thinking":
+            continue  # encrypted: nothing a model can learn from
+        if kind == "tool_use":
+            out.calls.append({"id": p.get("id"), "type": "function",
+                              "function": {"name": p.get("name"), "arguments": p.get("input")}})
+            continue
+        if kind == "tool_result":
+            inner = p.get("content")
+            inner = _parts(inner, key, i).text if isinstance(inner, list) else inner
+            out.results.append({"role": "tool", "content": inner if isinstance(inner, str) else json.dumps(inner),
+                                "tool_call_id": p.get("tool_use_id")})
+            continue
         if kind in TEXT_PARTS and isinstance(body, str):
             texts.append(body)
             continue
         raise RowError("msg-type", f"part {j} of message {i} of '{key}' is of type {kind!r}, which a text "
                        "model cannot use", key, "use parts of type text (its text under 'text' or 'value')")
-    return "\n".join(texts), "\n".join(thoughts)
+    out.text, out.thought = "\n".join(texts), "\n".join(thoughts)
+    return out
 
 
-def _content(c, key: str, i: int) -> tuple[str, str]:
+def _content(c, key: str, i: int) -> _Content:
     c = maybe_json(c) if isinstance(c, str) and c.lstrip().startswith("[{") else c
     if isinstance(c, dict) and "type" in c:
         c = [c]
     if isinstance(c, list):
         return _parts(c, key, i)
     if c is None:
-        return "", ""
+        return _Content()
     if not isinstance(c, str):
         raise RowError("msg-type", f"message {i} of '{key}' has content that is {type_name(c)}, expected text",
                        key, 'use {"role": ..., "content": "text"} or typed parts [{"type": "text", "text": ...}]')
-    return c, ""
+    return _Content(text=c)
 
 
 # -- tool calls -----------------------------------------------------------------------------------------
@@ -171,9 +194,11 @@ def _one_call(call, key: str, i: int) -> dict:
     return out
 
 
-def _tool_calls(m: dict, raw_role: str, text: str, key: str, i: int) -> tuple[list[dict], str]:
+def _tool_calls(m: dict, raw_role: str, text: str, key: str, i: int, part_calls=()) -> tuple[list[dict], str]:
     """(tool_calls, remaining text) of an assistant message."""
     calls = maybe_json(m.get("tool_calls"))
+    if calls in (None, "", []) and part_calls:
+        calls = list(part_calls)
     if calls in (None, "", []) and isinstance(m.get("function_call"), (dict, str)):  # legacy OpenAI field
         calls = [maybe_json(m["function_call"])]
     if raw_role == "function_call":  # ShareGPT: the value is the call (or a list of calls) as JSON
@@ -243,7 +268,13 @@ def parse_messages(value, key: str, *, warn=None) -> list[dict]:
         if role is None:
             raise RowError("role", f"unknown role {raw!r} in message {i} of '{key}'", key,
                            f"accepted roles: {ROLES_TEXT}")
-        text, thought = _content(m["content"] if "content" in m else m.get("value"), key, i)
+        got = _content(m["content"] if "content" in m else m.get("value"), key, i)
+        text, thought = got.text, got.thought
+        if got.results:  # Anthropic: tool results are blocks of a user message
+            for r in got.results:
+                msgs.append({k: v for k, v in r.items() if v is not None})
+            if not text.strip():
+                continue
         if _PLACEHOLDER.search(text):
             tag = _PLACEHOLDER.search(text).group(0)
             raise RowError("multimodal", f"message {i} of '{key}' has a {tag} placeholder: a text model "
@@ -251,7 +282,7 @@ def parse_messages(value, key: str, *, warn=None) -> list[dict]:
                            "remove the placeholders and media, or train a multimodal model with another tool")
         msg: dict = {"role": role, "content": text}
         if role == "assistant":
-            calls, text = _tool_calls(m, raw, text, key, i)
+            calls, text = _tool_calls(m, raw, text, key, i, got.calls)
             msg["content"] = text
             if calls:
                 msg["tool_calls"] = calls
@@ -316,8 +347,10 @@ def check_tool_use(msgs: list[dict], tools: list[dict] | None, key: str, warn=No
     """
     names = {t["function"]["name"] for t in tools} if tools else None
     pending_ids: set[str] = set()
-    calls_made = 0
+    calls_made = structured = 0
     for i, m in enumerate(msgs, 1):
+        if m["role"] == "assistant" and any(tag in m["content"] for tag in TEXT_CALL_TAGS):
+            calls_made += 1  # a call written as text (Hermes <tool_call>, Mistral, Llama's python tag)
         for call in m.get("tool_calls", ()):
             name = call["function"]["name"]
             if names is not None and name not in names:
@@ -325,6 +358,7 @@ def check_tool_use(msgs: list[dict], tools: list[dict] | None, key: str, warn=No
                                f"tools of this row ({', '.join(sorted(names))})", key,
                                "add its schema to 'tools', or fix the function name")
             calls_made += 1
+            structured += 1
             if "id" in call:
                 pending_ids.add(call["id"])
         if m["role"] == "tool":
@@ -336,6 +370,6 @@ def check_tool_use(msgs: list[dict], tools: list[dict] | None, key: str, warn=No
             if cid and pending_ids and cid not in pending_ids:
                 raise RowError("tool-orphan", f"message {i} of '{key}' answers tool call {cid!r}, but no call "
                                "with that id comes before it", key, "fix tool_call_id to the id of the call")
-    if names is None and calls_made and warn is not None:
+    if names is None and structured and warn is not None:
         warn("tools-missing", f"'{key}' has tool calls but the row has no 'tools' column: the model will not "
              "see the function schemas", "tools", "add a 'tools' column with the JSON schemas of the functions")

@@ -366,7 +366,7 @@ def _lengths(examples: list[dict], lines: list, kind: str, tokenizer, max_length
     def render_conv(ex: dict, line) -> str:
         if renderer is not None:
             try:
-                return max(("".join(s["text"] for s in seq) for seq in renderer.sequences(ex)), key=len)
+                return renderer.text(ex)
             except Exception as exc:  # noqa: BLE001 - e.g. a template that insists on alternating roles
                 failed.append((line, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
         return "\n".join(m["content"] for m in ex["messages"])
