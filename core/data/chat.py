@@ -44,6 +44,7 @@ what ``modelforge validate --json`` prints, so a script can check what is traine
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from core.errors import Problem
@@ -369,6 +370,28 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
+_MARKER = re.compile(r"<\|[A-Za-z_/]+\|>|<(?:start|end)_of_turn>|\[/?INST\]|\[/?(?:AVAILABLE_TOOLS|TOOL_RESULTS)\]"
+                     r"|\[TOOL_CALLS\]")
+
+
+def _marker_problems(renderer: "Renderer", examples: list[dict], tokenizer, file) -> list[Problem]:
+    """A template whose turn markers are not tokens of this model (e.g. llama3's on a Qwen model)
+    still trains, but the model must learn the markers as text: worth a warning."""
+    seen: set[str] = set()
+    for ex in examples:
+        try:
+            seen |= set(_MARKER.findall(renderer.text(ex)))
+        except Exception:  # noqa: BLE001 - reported elsewhere
+            continue
+    split = sorted(m for m in seen if len(tokenizer(m, add_special_tokens=False)["input_ids"]) > 1)
+    if not split:
+        return []
+    return [Problem(f"the chat template's markers {', '.join(split[:5])} are not tokens of this model's "
+                    "vocabulary: the model learns them as text", "use the model's own chat template (leave "
+                    "chat_template empty) or one written for this model family", file=file,
+                    field="chat_template", severity="warning")]
+
+
 def check_template(examples: list[dict], tokenizer, options: RenderOptions | None = None, *, lines=None,
                    file: str | None = None, sample: int = 200) -> list[Problem]:
     """Check the chat template on the data before training.
@@ -429,6 +452,7 @@ def check_template(examples: list[dict], tokenizer, options: RenderOptions | Non
             f"the chat template cannot render {failed} of {len(order)} checked conversation(s): {msg}",
             "choose another chat_template (chatml renders every role), or fix the order of roles",
             file=file, line=where(i), field="chat_template"))
+    problems += _marker_problems(renderer, [examples[i] for i in order[:20]], tokenizer, file)
     if split:
         problems.append(Problem(
             f"the chat template renders earlier turns differently once more turns follow ({split} of "
