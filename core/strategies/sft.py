@@ -30,6 +30,18 @@ def to_trl_rows(rows: list[dict], tokenizer, config=None) -> list[dict]:
     return tokenize_examples(rows, tokenizer, options_of(config))
 
 
+def _log_mask(ctx, rows: list[dict]) -> None:
+    """Say in the run's log how much of the data is in the loss (the mask built in to_trl_rows)."""
+    from core.data.chat import supervised_tokens
+    from core.strategies.common import event_callback
+
+    owner = event_callback(ctx)
+    if owner is not None and rows:
+        total = sum(len(r["input_ids"]) for r in rows)
+        owner.events.emit("log", message=f"{len(rows)} training sequences: {supervised_tokens(rows)} of {total} "
+                                         "tokens are in the loss, the rest is context")
+
+
 def batching(config) -> dict:
     """How examples become batches: the SFTConfig keywords for ``packing`` / ``group_by_length``.
 
@@ -102,7 +114,9 @@ class SFTStrategy:
 
         c = ctx.config
         # 1. data, in trl's shape
-        train_ds = Dataset.from_list(to_trl_rows(ctx.train_rows, ctx.tokenizer, c))
+        train_rows = to_trl_rows(ctx.train_rows, ctx.tokenizer, c)
+        _log_mask(ctx, train_rows)
+        train_ds = Dataset.from_list(train_rows)
         eval_ds = Dataset.from_list(to_trl_rows(ctx.eval_rows, ctx.tokenizer, c)) if ctx.eval_rows else None
         # 2. trainer arguments, translated from the run config
         args = SFTConfig(
