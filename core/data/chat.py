@@ -101,7 +101,9 @@ class Renderer:
     def __init__(self, tokenizer, options: RenderOptions | None = None):
         self.tokenizer = tokenizer
         self.options = options or RenderOptions()
-        self.template = self.options.chat_template or getattr(tokenizer, "chat_template", None) or None
+        # Only a chosen template is passed: the tokenizer resolves its own (which may be a dict
+        # of named templates, e.g. a separate "tool_use" one picked when tools are given).
+        self.template = self.options.chat_template or None
         self.caps = probe_caps(self._raw_render)
 
     def _raw_render(self, messages: list[dict], tools=None, generation: bool = False) -> str:
