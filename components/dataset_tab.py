@@ -313,7 +313,8 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
     report = validate_file(path, task=config.task, strategy=config.strategy,
                            dataset_format=config.dataset_format, column_map=config.column_map,
                            template_vars=config.template_vars, system_prompt=config.system_prompt,
-                           tokenizer=tokenizer, max_length=config.max_length, seed=config.seed, render=render)
+                           tokenizer=tokenizer, max_length=config.max_length, seed=config.seed, render=render,
+                           text_chunk_chars=config.text_chunk_chars)
     examples = report.examples[: config.max_samples] if config.max_samples else report.examples
     train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
     split = {"train": len(train), "validation": len(evaluation), "usable": report.usable_rows,

@@ -143,6 +143,13 @@ class RunConfig:
         "data", min=0.0, max=0.5,
     )
     max_samples: int = _f(0, "Use at most this many rows (0: all). Handy for quick trials.", "data", min=0)
+    text_chunk_chars: int = _f(
+        2000,
+        "A .txt file with no blank lines (one long text) is cut into pieces of about this many characters, "
+        "at line or word boundaries (~500 tokens of English at 2000). Files with blank lines give one "
+        "example per block.",
+        "data", min=100,
+    )
     # --- LoRA / quantisation ---------------------------------------------------------------
     lora_r: int = _f(8, "LoRA rank. Higher: better fit, more memory.", "lora", min=1, max=1024)
     lora_alpha: int = _f(16, "LoRA scaling (alpha). Usually 2x the rank.", "lora", min=1)

@@ -455,6 +455,16 @@ def test_training_run_on_each_chat_shape(shape, store, tmp_path, demo_model):
     assert_lora_trained(run_dir / "model")
 
 
+def test_txt_chunk_length_comes_from_the_config(tmp_path):
+    from core.checks import validate_data
+    from core.config import RunConfig
+
+    path = tmp_path / "book.txt"
+    path.write_text(" ".join(f"word{i}" for i in range(1000)))
+    assert validate_data(RunConfig(dataset=str(path), text_chunk_chars=1000)).usable_rows == 8
+    assert validate_data(RunConfig(dataset=str(path))).usable_rows == 4
+
+
 def test_training_run_on_a_txt_file(store, tmp_path, demo_model):
     from tests.test_strategies import assert_lora_trained, train_run
 

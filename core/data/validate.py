@@ -167,7 +167,7 @@ class ValidationReport:
 def validate_file(path: str | Path, *, requirement: Requirement, dataset_format: str = "auto", column_map: dict | None = None,
                   template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
                   max_length: int = 512, min_rows: int = 2, max_rows: int | None = None,
-                  seed: int = 42, render=None) -> ValidationReport:
+                  seed: int = 42, render=None, text_chunk_chars: int | None = None) -> ValidationReport:
     """Load ``path`` and check it for ``task``/``strategy``. Never raises for bad data.
 
     Args:
@@ -186,11 +186,12 @@ def validate_file(path: str | Path, *, requirement: Requirement, dataset_format:
         render: how conversations are rendered and masked (a core.data.chat.RenderOptions;
             None: the defaults); with a tokenizer the chat template is checked on the data and
             the first examples are rendered as segments (``samples``).
+        text_chunk_chars: a .txt file without blank lines is cut into pieces of this size.
     """
     report = ValidationReport(str(path), min_rows=min_rows)
     try:
         report.requirement = requirement.description
-        data = load_rows(path, max_rows=max_rows)
+        data = load_rows(path, max_rows=max_rows, **({"chunk_chars": text_chunk_chars} if text_chunk_chars else {}))
     except DataError as exc:
         report.problems += _problems_of(exc, str(path))
         return report
