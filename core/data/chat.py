@@ -27,9 +27,10 @@ The design, and why:
    the template renders it last. The split is reported (:func:`check_template`).
 
 3. **Tokenize once, map characters to tokens.** The whole text is tokenized in one call (the
-   same tokens as at inference; no boundary artefacts) and each token is trained when the
-   character it starts at lies in a trained segment (offsets of a fast tokenizer; a slow one
-   tokenizes segment by segment instead).
+   same tokens as at inference; no boundary artefacts) and a token is trained when any of its
+   characters lies in a trained segment (offsets of a fast tokenizer; a slow one tokenizes
+   segment by segment instead). So a SentencePiece token that carries the space before the
+   answer's first word (``"▁Paris"``) is trained: it is the answer's first output.
 
 4. **Hand trl finished rows.** :func:`tokenize_examples` returns ``input_ids`` + ``labels``
    (-100 = not trained). trl's SFTTrainer keeps a ``labels`` column as it is, truncates it with
@@ -309,8 +310,13 @@ def encode(segments: list[dict], tokenizer, *, plain_text: bool = False) -> dict
         if eos is not None and (not ids or ids[-1] != eos):
             ids = ids + [eos]
         return {"input_ids": ids, "labels": list(ids)}
+    enc = None
     if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        try:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):  # no offsets: segment by segment below
+            enc = None
+    if enc is not None:
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         trained = bytearray(len(text))
         pos = 0
@@ -318,7 +324,10 @@ def encode(segments: list[dict], tokenizer, *, plain_text: bool = False) -> dict
             if s["trained"]:
                 trained[pos:pos + len(s["text"])] = b"\x01" * len(s["text"])
             pos += len(s["text"])
-        labels = [t if (a < len(text) and trained[a]) else -100 for t, (a, _b) in zip(ids, offsets)]
+        # a token is trained when any of its characters is: a token that merges the end of the
+        # assistant header with the answer's first characters is the answer's first output
+        labels = [t if (b > a and 1 in trained[a:b]) or (b <= a < len(text) and trained[a]) else -100
+                  for t, (a, b) in zip(ids, offsets)]
         return {"input_ids": ids, "labels": labels}
     ids, labels = [], []
     for s in segments:
