@@ -525,3 +525,31 @@ def test_hermes_text_tool_calls_are_not_orphan_results():
         {"from": "gpt", "value": "It is 21 C."}]}
     examples, problems = normalise([row], "sharegpt")
     assert len(examples) == 1 and not problems
+
+
+def test_sentencepiece_style_tokenizer_trains_the_whole_answer():
+    """A Metaspace (SentencePiece-style) tokenizer merges across the turn boundary
+    ("[/INST]Paris" has no space): every character of the answer is still in the loss, and the
+    template check says that the merged token brings a little of the prompt into the loss."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    # trained on the rendered text itself, so its merges cross the boundary: "?[/INST]Paris."
+    corpus = ["[INST] Capital of France?[/INST]Paris.[INST] and Spain?[/INST]Madrid."] * 50
+    raw.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<unk>", "<s>", "</s>"],
+                                                        show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert any("]Pa" in t for t in tok.tokenize("[INST] Capital of France?[/INST]Paris."))  # a crossing token
+    row = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
+                        {"role": "user", "content": "and Spain?"}, {"role": "assistant", "content": "Madrid."}]}
+    options = RenderOptions(chat_template=TEMPLATES["mistral"])
+    assert trained(segments(canon(row), tok, "mistral")) == ["Paris.</s>", "Madrid.</s>"]
+    (enc,) = tokenize_examples([canon(row)], tok, options)
+    kept = tok.convert_tokens_to_string(tok.convert_ids_to_tokens([t for t in enc["labels"] if t != -100]))
+    assert "Paris.</s>" in kept and "Madrid.</s>" in kept and "Capital" not in kept  # no answer token lost
+    # ... and the merge is reported: a little of the prompt ("?[/INST]") is in the loss
+    problems = check_template([canon(row)], tok, options)
+    assert any("merges the end of the prompt" in p.message for p in problems), problems

@@ -337,6 +337,24 @@ def encode(segments: list[dict], tokenizer, *, plain_text: bool = False) -> dict
     return {"input_ids": ids, "labels": labels}
 
 
+def crossings(segments: list[dict], tokenizer) -> int:
+    """How many tokens straddle the start of a trained segment (the tokenizer merged the end of
+    the prompt with the answer's first characters; such a token is trained, see :func:`encode`)."""
+    text = "".join(s["text"] for s in segments)
+    starts, pos = [], 0
+    for s in segments:
+        if s["trained"] and pos > 0:
+            starts.append(pos)
+        pos += len(s["text"])
+    if not starts or not getattr(tokenizer, "is_fast", False):
+        return 0
+    try:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError):
+        return 0
+    return sum(1 for a, b in offsets for st in starts if a < st < b)
+
+
 def tokenize_examples(examples: list[dict], tokenizer, options: RenderOptions | None = None) -> list[dict]:
     """Canonical ``conversation`` / ``text`` examples -> trl-ready ``{"input_ids", "labels"}``
     rows (a conversation may give several; see :meth:`Renderer.sequences`)."""
@@ -436,8 +454,8 @@ def check_template(examples: list[dict], tokenizer, options: RenderOptions | Non
             picked.setdefault("tools", i)
     order = sorted(set(picked.values()) | {i for i, _ in convs[:sample]})
     where = (lambda i: lines[i] if lines is not None and i < len(lines) else i + 1)
-    split = failed = 0
-    first_split = first_fail = None
+    split = failed = crossed = 0
+    first_split = first_fail = first_cross = None
     for i in order:
         ex = examples[i]
         try:
@@ -450,6 +468,9 @@ def check_template(examples: list[dict], tokenizer, options: RenderOptions | Non
         if len(seqs) > 1:
             split += 1
             first_split = first_split if first_split is not None else i
+        if any(crossings(seq, tokenizer) for seq in seqs):
+            crossed += 1
+            first_cross = first_cross if first_cross is not None else i
         text = "".join(s["text"] for seq in seqs for s in seq)
         missing = [m["role"] for m in ex["messages"] if m["content"].strip() and m["content"].strip()[:40] not in text]
         if missing:
@@ -464,6 +485,13 @@ def check_template(examples: list[dict], tokenizer, options: RenderOptions | Non
             "choose another chat_template (chatml renders every role), or fix the order of roles",
             file=file, line=where(i), field="chat_template"))
     problems += _marker_problems(renderer, [examples[i] for i in order[:20]], tokenizer, file)
+    if crossed:
+        problems.append(Problem(
+            f"in {crossed} of {len(order)} checked conversation(s) the tokenizer merges the end of the prompt "
+            "with the start of an answer into one token: that token is trained (else the answer would lose its "
+            "first token), so a little of the prompt is in the loss", "use a chat template that ends the "
+            "assistant header with a separator the tokenizer splits on (a newline or a special token)",
+            file=file, line=where(first_cross), field="chat_template", severity="warning"))
     if split:
         problems.append(Problem(
             f"the chat template renders earlier turns differently once more turns follow ({split} of "
