@@ -263,6 +263,14 @@ def test_bad_tool_use_is_an_error_naming_the_row(row, code_text):
     assert problems[0].line == 1 and problems[0].hint
 
 
+def test_last_turn_only_with_a_weight_0_last_turn_is_reported(tok):
+    ex = canon({"messages": [USER, ANSWER, USER, dict(ANSWER, weight=0)]})
+    problems = check_template([ex], tok, RenderOptions(train_turns="last"))
+    assert [p.field for p in problems] == ["train_turns"] and "left out" in problems[0].message
+    assert tokenize_examples([ex], tok, RenderOptions(train_turns="last")) == []
+    assert check_template([ex], tok) == []
+
+
 def test_all_weights_zero_is_an_error():
     row = {"messages": [USER, dict(ANSWER, weight=0)]}
     _, problems = normalise([row], "messages")

@@ -436,6 +436,8 @@ def check_template(examples: list[dict], tokenizer, options: RenderOptions | Non
     convs = [(i, ex) for i, ex in enumerate(examples) if "messages" in ex]
     if not convs:
         return []
+    opts = options or RenderOptions()
+    idle = [i for i, ex in convs if not trained_turns(ex["messages"], opts.train_turns)]
     try:
         renderer = Renderer(tokenizer, options)
     except Exception as exc:  # noqa: BLE001
@@ -485,6 +487,11 @@ def check_template(examples: list[dict], tokenizer, options: RenderOptions | Non
             "choose another chat_template (chatml renders every role), or fix the order of roles",
             file=file, line=where(i), field="chat_template"))
     problems += _marker_problems(renderer, [examples[i] for i in order[:20]], tokenizer, file)
+    if idle and opts.loss_on != "all":
+        problems.append(Problem(
+            f"{len(idle)} conversation(s) have nothing to train with train_turns: {opts.train_turns} (their last "
+            "assistant turn has weight 0): they are left out", "set train_turns: all, or fix the weights",
+            file=file, line=where(idle[0]), field="train_turns", severity="warning"))
     if crossed:
         problems.append(Problem(
             f"in {crossed} of {len(order)} checked conversation(s) the tokenizer merges the end of the prompt "
