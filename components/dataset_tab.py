@@ -384,8 +384,9 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
     split = gr.Markdown("", elem_id="dataset-split")
     with gr.Row():
         with gr.Column(scale=3):
-            preview = gr.HighlightedText(label="How the model sees the first rows (grey: masked prompt, "
-                                               "green: trained answer)", color_map=COLOR_MAP, show_legend=True,
+            preview = gr.HighlightedText(label="How the model sees the first rows, rendered by the chat "
+                                               "template with tools, tool calls and reasoning (grey: context, "
+                                               "not in the loss; green: trained)", color_map=COLOR_MAP, show_legend=True,
                                          combine_adjacent=False, elem_id="dataset-preview")
         with gr.Column(scale=2):
             hist = gr.BarPlot(value=None, x="tokens", y="examples", color="fits", label="Token lengths",
