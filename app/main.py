@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
 
     val = sub.add_parser("validate", help="check a data file before training")
-    val.add_argument("path", help="a .json, .jsonl, .csv or .parquet file")
+    val.add_argument("path", help="a .json, .jsonl, .csv, .parquet or .txt file")
     val.add_argument("--task", choices=TASKS, default="text-generation")
     val.add_argument("--strategy", default="sft", help="the strategy the data is for (default: sft)")
     val.add_argument("--format", dest="dataset_format", default="auto", help="force a data format (default: auto)")
@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--model", default=None,
                      help="also measure token lengths with this model's tokenizer (e.g. demo)")
     val.add_argument("--max-length", type=int, default=512, help="token limit to check lengths against")
+    val.add_argument("--chat-template", default="",
+                     help="render with this chat template: chatml, llama3, qwen, gemma, mistral, phi or a .jinja "
+                          "file (default: the model's own)")
+    val.add_argument("--train-turns", choices=("all", "last"), default="all",
+                     help="which assistant turns are trained (default: all)")
+    val.add_argument("--reasoning", choices=("train", "drop"), default="train",
+                     help="keep and train reasoning, or drop it (default: train)")
+    val.add_argument("--loss-on", choices=("completion", "all"), default="completion",
+                     help="train on the assistant turns only (default) or on every token")
+    val.add_argument("--samples", type=int, default=3,
+                     help="render this many first examples as trained/untrained segments (default 3; with "
+                          "no --model, with the demo model's tokenizer)")
     val.add_argument("--json", action="store_true", help="print the report as JSON")
 
     gen = sub.add_parser("generate", help="ask a trained model (or any model) a question")
@@ -322,14 +334,13 @@ class _ProgressPrinter:
 def cmd_validate(args) -> int:
     from core.checks import validate_file
     from core.config import parse_mapping
+    from core.data.chat import options_of
+    from core.data.validate import attach_samples
 
+    render = options_of(args)  # chat_template, train_turns, reasoning, loss_on
     tokenizer = None
     if args.model:
-        from transformers import AutoTokenizer
-
-        from core.models import prepare_tokenizer, resolve_model_path
-
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_model_path(args.model)))
+        tokenizer = _tokenizer(args.model)
     try:
         column_map = parse_mapping(args.column_map)
     except ValueError as exc:
@@ -337,13 +348,28 @@ def cmd_validate(args) -> int:
 
         raise ConfigError(f"--column-map: {exc}", "use old=new,old2=new2") from None
     report = validate_file(args.path, task=args.task, strategy=args.strategy, dataset_format=args.dataset_format,
-                           column_map=column_map, tokenizer=tokenizer, max_length=args.max_length)
+                           column_map=column_map, tokenizer=tokenizer, max_length=args.max_length, render=render)
+    if args.samples > 0 and (tokenizer is None or args.samples != 3):
+        try:  # no --model: the samples are rendered with the demo model's tokenizer (ChatML)
+            attach_samples(report, tokenizer or _tokenizer("demo"), render, n=args.samples)
+        except Exception as exc:  # noqa: BLE001 - the samples are extra; the report stands without them
+            report.details["samples_error"] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    elif args.samples <= 0:
+        report.samples = []
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
         print(report.summary())
         print("trainable: yes" if report.ok else "trainable: NO - fix the errors above")
     return EXIT_OK if report.ok else EXIT_INPUT
+
+
+def _tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    from core.models import prepare_tokenizer, resolve_model_path
+
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_model_path(model)))
 
 
 def cmd_generate(args) -> int:

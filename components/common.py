@@ -34,7 +34,7 @@ log = logging.getLogger("modelforge.ui")
 PRESETS_DIR = ASSETS / "presets"
 DEFAULT_PRESET = "identity-demo"
 DEFAULT_EXAMPLE = "identity.json"
-DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 
 
 # -- the model cache ------------------------------------------------------------------------------

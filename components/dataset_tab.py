@@ -110,18 +110,35 @@ def _count(tokenizer, text: str) -> int:
 
 
 def preview_segments(examples: list[dict], lines: list, kind: str | None, tokenizer=None,
-                     loss_on: str = "completion", rows: int = PREVIEW_ROWS, unit: str = "row") -> list:
+                     loss_on: str = "completion", rows: int = PREVIEW_ROWS, unit: str = "row",
+                     samples: list | None = None) -> list:
     """The first examples as the trainer sees them, as (text, label) pairs for HighlightedText.
 
-    Conversations are split like trl's prompt/completion rows (everything up to the last
-    assistant turn is the prompt): with ``loss_on: completion`` the prompt is "masked" and the
-    answer "trained"; with ``loss_on: all`` everything is trained. Plain text is all trained.
+    Conversations and plain text come from ``samples`` (the report's rendered segments, see
+    core.data.chat: the chat template with its tool schemas, tool calls and results and
+    reasoning; every trained assistant turn "trained", the rest "masked"), the same data that
+    ``modelforge validate --json`` prints. Without them (no tokenizer) the messages are listed
+    with the assistant turns trained.
     """
     out: list[tuple[str, str | None]] = []
+    by_index = {s["index"]: s for s in samples or []}
     for i, ex in enumerate(examples[:rows]):
         where = f"{unit} {lines[i]}" if i < len(lines) and lines[i] is not None else f"example {i + 1}"
         segs: list[tuple[str, str | None]] = []
-        if kind == "conversation" and "messages" in ex:
+        sample = by_index.get(i)
+        if sample is not None and "segments" in sample:
+            n_train = sample["trained_tokens"]
+            where += f" · {sample['tokens'] - n_train} masked + {n_train} trained tokens"
+            segs += [(s["text"], None if s.get("note") else "trained" if s["trained"] else "masked")
+                     for s in sample["segments"]]
+        elif sample is not None and "error" in sample:
+            segs.append((f"(the chat template rejects this example: {sample['error'][:160]})", None))
+        elif kind == "conversation" and "messages" in ex and tokenizer is None:
+            for m in ex["messages"]:
+                trained = m["role"] == "assistant" and m.get("train", True) is not False
+                segs.append((f"{m['role']}: {_message_text(m)}\n",
+                             "trained" if trained or loss_on == "all" else "masked"))
+        elif kind == "conversation" and "messages" in ex:
             msgs = ex["messages"]
             if tokenizer is not None:
                 try:
@@ -172,6 +189,15 @@ def preview_segments(examples: list[dict], lines: list, kind: str | None, tokeni
         out += [(_clip(text), label) for text, label in segs]
         out.append(("\n\n", None))
     return out
+
+
+def _message_text(m: dict) -> str:
+    import json
+
+    parts = [f"<think>{m['reasoning_content']}</think> "] if m.get("reasoning_content") else []
+    parts.append(m.get("content", ""))
+    parts += [" [calls " + json.dumps(c["function"], ensure_ascii=False) + "]" for c in m.get("tool_calls", ())]
+    return "".join(parts)
 
 
 def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:
@@ -279,10 +305,17 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
             tokenizer = ctx.models.tokenizer(config.model, config.task)
         except ModelForgeError as exc:
             note = f"Token lengths and the template preview need the tokenizer of '{config.model}': {exc.message}"
+    from core.data.chat import options_of
+
+    try:
+        render = options_of(config)
+    except ModelForgeError as exc:  # an unknown chat_template: the model's own, and say so
+        render, note = None, (note + " " if note else "") + exc.message
     report = validate_file(path, task=config.task, strategy=config.strategy,
                            dataset_format=config.dataset_format, column_map=config.column_map,
                            template_vars=config.template_vars, system_prompt=config.system_prompt,
-                           tokenizer=tokenizer, max_length=config.max_length, seed=config.seed)
+                           tokenizer=tokenizer, max_length=config.max_length, seed=config.seed, render=render,
+                           text_chunk_chars=config.text_chunk_chars)
     examples = report.examples[: config.max_samples] if config.max_samples else report.examples
     train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
     split = {"train": len(train), "validation": len(evaluation), "usable": report.usable_rows,
@@ -295,7 +328,7 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
     lengths = token_lengths(report.examples, report.kind, tokenizer, seed=config.seed) if tokenizer else []
     hist, bins = histogram(lengths, config.max_length)
     preview = preview_segments(report.examples, report.lines, report.kind, tokenizer, config.loss_on,
-                               unit=report.unit)
+                               unit=report.unit, samples=report.samples)
     return DatasetView(dataset=path, report=report, status=status_markdown(path, report, note), preview=preview,
                        histogram=hist, bins=bins, split=split, split_text=split_text, tokenizer_note=note,
                        max_length=config.max_length)
@@ -335,7 +368,7 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                 elem_classes=["mf-help"])
     with gr.Row():
         with gr.Column(scale=2):
-            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".csv", ".parquet"],
+            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".csv", ".parquet", ".txt"],
                              type="filepath", elem_id="upload-dataset", height=140)
         with gr.Column(scale=2):
             example = gr.Dropdown(choices=example_names(), value=DEFAULT_EXAMPLE, label="…or a bundled example",
@@ -352,8 +385,9 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
     split = gr.Markdown("", elem_id="dataset-split")
     with gr.Row():
         with gr.Column(scale=3):
-            preview = gr.HighlightedText(label="How the model sees the first rows (grey: masked prompt, "
-                                               "green: trained answer)", color_map=COLOR_MAP, show_legend=True,
+            preview = gr.HighlightedText(label="How the model sees the first rows, rendered by the chat "
+                                               "template with tools, tool calls and reasoning (grey: context, "
+                                               "not in the loss; green: trained)", color_map=COLOR_MAP, show_legend=True,
                                          combine_adjacent=False, elem_id="dataset-preview")
         with gr.Column(scale=2):
             hist = gr.BarPlot(value=None, x="tokens", y="examples", color="fits", label="Token lengths",

@@ -199,10 +199,17 @@ def validate_rows(rows: list[dict], *, task: str = "text-generation", strategy: 
 
 def validate_data(config: RunConfig, tokenizer: Any = None) -> data_validate.ValidationReport:
     """The run's data file checked for its task and strategy (lengths too, with a tokenizer)."""
+    from core.data.chat import options_of
+
+    try:
+        render = options_of(config)
+    except ConfigError:  # an unknown chat_template: reported by the config check
+        render = None
     return validate_file(config.dataset, task=config.task, strategy=config.strategy,
                          dataset_format=config.dataset_format, column_map=config.column_map,
                          template_vars=config.template_vars, system_prompt=config.system_prompt,
-                         tokenizer=tokenizer, max_length=config.max_length)
+                         tokenizer=tokenizer, max_length=config.max_length, render=render,
+                         text_chunk_chars=config.text_chunk_chars)
 
 
 # -- hardware, memory and disk --------------------------------------------------------------------------

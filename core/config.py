@@ -38,6 +38,7 @@ DATA_FORMATS = (
     "input-output",
     "preference",
     "sharegpt-preference",
+    "preference-messages",
     "summarization",
     "squad",
 )
@@ -45,6 +46,8 @@ QUANTIZATION = ("none", "4bit", "8bit")
 PRECISION = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 LOSS_ON = ("completion", "all")
+TRAIN_TURNS = ("all", "last")  # the same as core.data.chat.TRAIN_TURNS
+REASONING = ("train", "drop")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 
 # Names safe as folder names: no path separators, no "..", no control characters.
@@ -91,7 +94,7 @@ class RunConfig:
     # --- data ------------------------------------------------------------------------
     dataset: str = _f(
         "",
-        "Training data: a .json, .jsonl, .csv or .parquet file (or a hub dataset id when "
+        "Training data: a .json, .jsonl, .csv, .parquet or .txt file (or a hub dataset id when "
         "online).",
         "data",
     )
@@ -114,6 +117,27 @@ class RunConfig:
     system_prompt: str = _f(
         "", "System message added to every conversation that has none (empty: none).", "data"
     )
+    chat_template: str = _f(
+        "",
+        "How conversations are rendered: empty = the model's own chat template (ChatML if it has none); "
+        "chatml, llama3, qwen, gemma, mistral or phi; or a path to a .jinja file. Checked on the data "
+        "before training and saved with the model, so the Playground and export use the same.",
+        "data",
+    )
+    train_turns: str = _f(
+        "all",
+        "Which assistant turns of a conversation are trained: 'all' (every answer, the default) or "
+        "'last' (only the final one; the earlier ones are context). Messages with weight 0 are never "
+        "trained, weight 1 always (when 'all').",
+        "data", choices=TRAIN_TURNS,
+    )
+    reasoning: str = _f(
+        "train",
+        "Reasoning in the data (reasoning_content/thinking fields or parts): 'train' keeps it, rendered "
+        "as the chat template shows it (a <think> block otherwise), and trains on it with its answer; "
+        "'drop' removes it.",
+        "data", choices=REASONING,
+    )
     validation_split: float = _f(
         0.1,
         "Share of rows held out for evaluation (0 disables evaluation). 0.1 is a good "
@@ -121,6 +145,13 @@ class RunConfig:
         "data", min=0.0, max=0.5,
     )
     max_samples: int = _f(0, "Use at most this many rows (0: all). Handy for quick trials.", "data", min=0)
+    text_chunk_chars: int = _f(
+        2000,
+        "A .txt file with no blank lines (one long text) is cut into pieces of about this many characters, "
+        "at line or word boundaries (~500 tokens of English at 2000). Files with blank lines give one "
+        "example per block.",
+        "data", min=100,
+    )
     # --- LoRA / quantisation ---------------------------------------------------------------
     lora_r: int = _f(8, "LoRA rank. Higher: better fit, more memory.", "lora", min=1, max=1024)
     lora_alpha: int = _f(16, "LoRA scaling (alpha). Usually 2x the rank.", "lora", min=1)
@@ -449,7 +480,7 @@ def config_problems(config: RunConfig, check_paths: bool = True,
     if not config.model.strip():
         problems.append(Problem("no base model given", "use 'demo', a local folder or a hub id", field="model"))
     if not config.dataset.strip():
-        problems.append(Problem("no dataset given", "pass --dataset PATH (json, jsonl, csv or parquet)", field="dataset"))
+        problems.append(Problem("no dataset given", "pass --dataset PATH (json, jsonl, csv, parquet or txt)", field="dataset"))
     elif check_paths and _looks_like_path(config.dataset) and not Path(config.dataset).expanduser().exists():
         problems.append(Problem(f"file not found: {config.dataset}", "check the path", field="dataset"))
     if config.max_steps == 0 and config.num_epochs <= 0:
@@ -462,6 +493,13 @@ def config_problems(config: RunConfig, check_paths: bool = True,
             field="name"))
     if not config.lora_target_modules.strip():
         problems.append(Problem("no LoRA target modules", "use 'all-linear'", field="lora_target_modules"))
+    if config.chat_template.strip():
+        from core.data.templates import resolve
+
+        try:
+            resolve(config.chat_template)
+        except ConfigError as exc:
+            problems += exc.problems
     problems += distributed_problems(config)
     return problems
 
@@ -494,7 +532,7 @@ def distributed_problems(config: RunConfig) -> list[Problem]:
 def _looks_like_path(text: str) -> bool:
     """A hub dataset id is 'org/name' with no extension; anything else is a local path."""
     p = text.strip()
-    return p.startswith((".", "/", "~")) or Path(p).suffix.lower() in (".json", ".jsonl", ".csv", ".parquet") or Path(p).exists()
+    return p.startswith((".", "/", "~")) or Path(p).suffix.lower() in (".json", ".jsonl", ".csv", ".parquet", ".txt") or Path(p).exists()
 
 
 # -- YAML -------------------------------------------------------------------------------------------

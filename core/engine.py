@@ -227,8 +227,12 @@ def _load_model(provider: Any, config: RunConfig) -> tuple[Any, Any]:
     """
     from core.errors import ModelForgeError, ModelLoadError
 
+    from core.data.templates import apply as apply_template
+
     try:
-        return provider.load(config, for_training=True)
+        model, tokenizer = provider.load(config, for_training=True)
+        # the chosen chat template is set on the tokenizer, which is saved with the model
+        return model, apply_template(tokenizer, config.chat_template)
     except ModelForgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - MemoryError and disk errors keep their own explanation

@@ -77,6 +77,21 @@ def test_validate_accepts_the_shared_files(home, shared_data, name, extra):
     assert json.loads(out.stdout)["ok"] is True
 
 
+def test_validate_json_shows_the_rendered_segments(home, tmp_path):
+    """A script can check what is trained: samples are segments {"text", "trained"}."""
+    row = {"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1", "weight": 0},
+                        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]}
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(row) for _ in range(2)))
+    out = mf("validate", str(path), "--json", home=home)
+    assert out.returncode == 0, out.stdout[-2000:]
+    sample = json.loads(out.stdout)["samples"][0]
+    assert [s["text"] for s in sample["segments"] if s["trained"]] == ["A2<|im_end|>"]
+    assert "A1" in "".join(s["text"] for s in sample["segments"] if not s["trained"])
+    every = mf("validate", str(path), "--json", "--train-turns", "last", "--loss-on", "all", home=home)
+    assert [s["trained"] for s in json.loads(every.stdout)["samples"][0]["segments"]] == [True]
+
+
 MALFORMED = {
     "empty.json": (b"", "empty"),
     "notjson.json": (b"this is not json\n", "line 1"),

@@ -118,11 +118,14 @@ def test_alpaca_system_history_and_system_prompt():
 
 def test_messages_with_content_parts():
     row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"},
-                                                     {"type": "image_url", "image_url": {"url": "x"}},
                                                      {"type": "text", "text": "there"}]},
                         {"role": "assistant", "content": [{"type": "text", "text": "Hi!"}]}]}
     (ex,), problems = norm([row])
     assert ex["messages"] == [{"role": "user", "content": "Hello\nthere"}, {"role": "assistant", "content": "Hi!"}]
+    # an image part is refused, naming the row (a text model would train on the words around it)
+    row["messages"][0]["content"].insert(1, {"type": "image_url", "image_url": {"url": "x"}})
+    p = one_problem([row])
+    assert "image_url part" in p.message and "text model" in p.message
 
 
 def test_sharegpt_function_call_and_observation():
@@ -133,7 +136,9 @@ def test_sharegpt_function_call_and_observation():
         {"from": "gpt", "value": "It is 21 degrees."}], "system": "Use tools."}
     (ex,), problems = norm([row])
     assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
-    assert not problems
+    assert ex["messages"][2]["tool_calls"] == [{"type": "function", "function": {"name": "weather",
+                                                                              "arguments": {"city": "Paris"}}}]
+    assert [p.field for p in problems] == ["tools"] and problems[0].severity == "warning"  # no tools column
 
 
 def test_sharegpt_with_role_content():

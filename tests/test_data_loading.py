@@ -193,10 +193,10 @@ def test_ragged_csv(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-    p = tmp_path / "d.txt"
+    p = tmp_path / "d.docx"  # .txt is plain text for continued pre-training (tests/test_chat_data.py)
     p.write_text("hello", encoding="utf-8")
     err = fail(p)
-    assert ".txt" in err.message and ".jsonl" in err.hint and ".parquet" in err.hint
+    assert ".docx" in err.message and ".jsonl" in err.hint and ".txt" in err.hint
 
 
 def test_broken_parquet(tmp_path):

@@ -62,6 +62,29 @@ def test_validate_identity_example(ctx, demo_model):
     assert view.to_dict()["ok"] is True
 
 
+def test_dataset_preview_shows_tools_weights_and_every_trained_turn(ctx, tmp_path, demo_model):
+    """The preview draws the report's segments: tool schemas and the weight-0 turn as context,
+    the tool call and every weight-1 answer as trained (the same data as validate --json)."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!", "weight": 0},
+                        {"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                            "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "21 C"},
+                        {"role": "assistant", "content": "It is 21 C."}], "tools": [tool]}
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(row) for _ in range(2)))
+    config = default_config().replace(chat_template="qwen", validation_split=0.0)
+    view = dataset_tab.validate_dataset(ctx, str(path), config)
+    assert view.report.ok, view.report.summary()
+    trained = [t for t, label in view.preview if label == "trained"]
+    masked = "".join(t for t, label in view.preview if label == "masked")
+    assert trained[:2] == ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+                           "It is 21 C.<|im_end|>"]
+    assert "Hello!" in masked and "get_weather" in masked and "<tool_response>\n21 C" in masked
+    assert view.report.to_dict()["samples"][0]["segments"][1]["trained"] is True
+
+
 def test_malformed_upload_names_the_line(ctx, tmp_path):
     bad = tmp_path / "upload.jsonl"
     good = json.dumps({"instruction": "hi", "input": "", "output": "hello"})

@@ -8,24 +8,13 @@ calls ``ctx.warn`` for something worth reporting in a row that is still used.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-ROLE_ALIASES = {
-    "system": "system", "user": "user", "human": "user", "assistant": "assistant",
-    "gpt": "assistant", "model": "assistant", "function_call": "assistant",
-    "tool": "tool", "observation": "tool", "function": "tool",
-}
-ROLES_TEXT = "system, user (human), assistant (gpt, model, function_call), tool (observation, function)"
+from core.data.messages import (ROLE_ALIASES, ROLES_TEXT, RowError, check_tool_use,  # noqa: F401 (re-exported)
+                                maybe_json, parse_messages, parse_tools, refuse_media_columns)
+from core.data.messages import type_name as _type_name
+
 SUMMARIZE_PROMPT = "Summarize the following text:\n\n{document}"
-
-
-class RowError(Exception):
-    """A row (or one of its fields) that cannot be converted."""
-
-    def __init__(self, code: str, message: str, field: str | None = None, hint: str = ""):
-        super().__init__(message)
-        self.code, self.message, self.field, self.hint = code, message, field, hint
 
 
 @dataclass
@@ -39,12 +28,6 @@ class RowContext:
 
     def warn(self, code: str, message: str, field: str | None = None, hint: str = "") -> None:
         self.out.add(code, message, line=self.line, field=field, hint=hint, severity="warning")
-
-
-def _type_name(v) -> str:
-    if isinstance(v, bool):
-        return "true/false"
-    return {int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
 
 
 def _text(row: dict, key: str, required: bool = True) -> str:
@@ -62,69 +45,12 @@ def _text(row: dict, key: str, required: bool = True) -> str:
     return v
 
 
-def _maybe_json(v):
-    """CSV cells hold lists/objects as JSON text: decode those."""
-    if isinstance(v, str) and v.lstrip()[:1] in ("[", "{"):
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _content(c, m: dict, key: str, i: int) -> str:
-    if c is None and (m.get("tool_calls") or m.get("function_call")):
-        return json.dumps(m.get("tool_calls") or m.get("function_call"), ensure_ascii=False)
-    if isinstance(c, list):  # OpenAI content parts: keep the text ones
-        parts = [p if isinstance(p, str) else p.get("text") for p in c
-                 if isinstance(p, str) or (isinstance(p, dict) and p.get("type", "text") == "text")]
-        if all(isinstance(p, str) for p in parts):
-            return "\n".join(parts)
-    if c is None:
-        return ""
-    if not isinstance(c, str):
-        raise RowError("msg-type", f"message {i} of '{key}' has content that is {_type_name(c)}, expected text",
-                        key, 'use {"role": ..., "content": "text"}')
-    return c
-
-
-def _messages(value, key: str) -> list[dict]:
-    value = _maybe_json(value)
-    if value is None:
-        raise RowError("missing", f"'{key}' is missing or null", key, f"give every row '{key}'")
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise RowError("type", f"'{key}' is {_type_name(value)}, expected a list of messages", key,
-                        'use [{"role": "user", "content": "..."}, ...]')
-    msgs = []
-    for i, m in enumerate(value, 1):
-        if not isinstance(m, dict):
-            raise RowError("msg-type", f"message {i} of '{key}' is {_type_name(m)}, not an object", key,
-                            'use {"role": ..., "content": ...} or {"from": ..., "value": ...}')
-        raw = m.get("role", m.get("from"))
-        role = ROLE_ALIASES.get(raw.strip().lower()) if isinstance(raw, str) else None
-        if role is None:
-            raise RowError("role", f"unknown role {raw!r} in message {i} of '{key}'", key,
-                            f"accepted roles: {ROLES_TEXT}")
-        content = _content(m["content"] if "content" in m else m.get("value"), m, key, i)
-        if not content.strip():
-            if role == "system":
-                continue
-            raise RowError("msg-empty", f"message {i} ({role}) of '{key}' is empty", key,
-                            "fill in the message or delete the row")
-        msgs.append({"role": role, "content": content})
-    if not msgs:
-        raise RowError("empty", f"'{key}' has no messages", key, "add the conversation or delete the row")
-    return msgs
-
-
 def _turns(row: dict, key: str, role: str) -> list[dict]:
     """A string (one message of ``role``), a message or a list of messages."""
-    v = _maybe_json(row.get(key))
+    v = maybe_json(row.get(key))
     if isinstance(v, dict) or (isinstance(v, list) and (not isinstance(row.get(key), str)
                                                         or all(isinstance(m, dict) for m in v))):
-        return _messages(v, key)
+        return parse_messages(v, key)
     return [{"role": role, "content": _text(row, key)}]
 
 
@@ -139,13 +65,28 @@ def _system_column(row: dict, msgs: list[dict]) -> list[dict]:
     return _with_system(msgs, s) if isinstance(s, str) and s.strip() else msgs
 
 
-def _conversation(msgs: list[dict], key: str, ctx: RowContext) -> dict:
+def _conversation(msgs: list[dict], key: str, ctx: RowContext, row: dict | None = None) -> dict:
+    """A canonical conversation (with the row's ``tools``), checked: ends with an assistant turn,
+    has a user turn, at least one trained assistant turn, and tool calls that fit the tools."""
     if msgs[-1]["role"] != "assistant":
         raise RowError("end", f"conversation does not end with an assistant turn (last: {msgs[-1]['role']})",
                         key, "add the assistant's answer at the end, or delete the row")
     if not any(m["role"] == "user" for m in msgs):
         raise RowError("no-user", "conversation has no user turn", key, "add the user's message")
-    return {"messages": _with_system(msgs, ctx.system)}
+    if all(m.get("train") is False for m in msgs if m["role"] == "assistant"):
+        raise RowError("no-trained", "every assistant turn has weight 0: nothing of this row is trained", key,
+                        "give at least one assistant message weight 1, or delete the row")
+    tools = parse_tools(row.get("tools")) if row is not None else None
+    check_tool_use(msgs, tools, key, ctx.warn if ctx.out is not None else None)
+    out = {"messages": _with_system(msgs, ctx.system)}
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def _start(row: dict) -> None:
+    """Checks every conversation row gets first: no images, audio or video."""
+    refuse_media_columns(row)
 
 
 def _label(row: dict) -> bool:
@@ -178,7 +119,7 @@ def _alpaca(row: dict, ctx: RowContext) -> list[dict]:
         _text(row, "instruction")  # raises with the right message
     user = "\n".join(t for t in (instruction, extra) if t.strip())
     msgs: list[dict] = []
-    history = _maybe_json(row.get("history")) or []
+    history = maybe_json(row.get("history")) or []
     if not isinstance(history, list):
         raise RowError("type", f"'history' is {_type_name(history)}, expected a list of [user, assistant] pairs",
                         "history", 'use [["question", "answer"], ...]')
@@ -192,23 +133,26 @@ def _alpaca(row: dict, ctx: RowContext) -> list[dict]:
 
 
 def _sharegpt(row: dict, ctx: RowContext) -> list[dict]:
-    msgs = _messages(row.get("conversations"), "conversations")
-    return [_conversation(_system_column(row, msgs), "conversations", ctx)]
+    _start(row)
+    msgs = parse_messages(row.get("conversations"), "conversations", warn=ctx.warn)
+    return [_conversation(_system_column(row, msgs), "conversations", ctx, row)]
 
 
 def _messages_fmt(row: dict, ctx: RowContext) -> list[dict]:
-    msgs = _messages(row.get("messages"), "messages")
+    _start(row)
+    msgs = parse_messages(row.get("messages"), "messages", warn=ctx.warn)
     if "label" in row:
-        return [_kto(msgs[:-1], msgs[-1:], _label(row), "messages", ctx)]
-    return [_conversation(msgs, "messages", ctx)]
+        return [_kto(_plain(msgs[:-1]), _plain(msgs[-1:]), _label(row), "messages", ctx)]
+    return [_conversation(msgs, "messages", ctx, row)]
 
 
 def _prompt_completion(row: dict, ctx: RowContext) -> list[dict]:
+    _start(row)
     prompt = _turns(row, "prompt", "user")
     completion = _turns(row, "completion", "assistant")
     if "label" in row:
-        return [_kto(prompt, completion, _label(row), "completion", ctx)]
-    return [_conversation(prompt + completion, "completion", ctx)]
+        return [_kto(_plain(prompt), _plain(completion), _label(row), "completion", ctx)]
+    return [_conversation(prompt + completion, "completion", ctx, row)]
 
 
 def _text_fmt(row: dict, ctx: RowContext) -> list[dict]:
@@ -223,13 +167,25 @@ def _input_output(row: dict, ctx: RowContext) -> list[dict]:
     return [_conversation(msgs, "output", ctx)]
 
 
+def _plain(msgs: list[dict]) -> list[dict]:
+    """Messages for trl's preference trainers: no per-message training flag (they train the answer)."""
+    return [{k: v for k, v in m.items() if k != "train"} for m in msgs]
+
+
+def _common_prefix(a: list[dict], b: list[dict]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def _answer(row: dict, key: str, prompt: list[dict]) -> list[dict]:
     if row.get(key) is None:
         what = "has no" if key not in row else "has a null"
         raise RowError("missing", f"preference row {what} '{key}' answer", key,
                         f"add the {key} answer or delete the row")
     msgs = _turns(row, key, "assistant")
-    if len(msgs) > len(prompt) and msgs[: len(prompt)] == prompt:
+    if len(msgs) > len(prompt) and _plain(msgs[: len(prompt)]) == _plain(prompt):
         msgs = msgs[len(prompt):]  # the answer repeats the prompt
     if msgs[-1]["role"] != "assistant":
         raise RowError("end", f"'{key}' does not end with an assistant message", key,
@@ -237,11 +193,14 @@ def _answer(row: dict, key: str, prompt: list[dict]) -> list[dict]:
     return msgs
 
 
-def _preference_rows(prompt: list[dict], row: dict, key: str, ctx: RowContext) -> list[dict]:
-    if prompt[-1]["role"] != "user":
-        raise RowError("prompt-end", f"the prompt does not end with a user turn (last: {prompt[-1]['role']})",
+def _preference_rows(prompt: list[dict], row: dict, key: str, ctx: RowContext,
+                     answers: tuple[list[dict], list[dict]] | None = None) -> list[dict]:
+    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
+        last = prompt[-1]["role"] if prompt else "nothing"
+        raise RowError("prompt-end", f"the prompt does not end with a user turn (last: {last})",
                         key, "the last prompt message must be the user's")
-    chosen, rejected = _answer(row, "chosen", prompt), _answer(row, "rejected", prompt)
+    chosen, rejected = answers or (_answer(row, "chosen", prompt), _answer(row, "rejected", prompt))
+    chosen, rejected, prompt = _plain(chosen), _plain(rejected), _plain(prompt)
     if chosen == rejected:
         ctx.warn("same", "chosen and rejected are identical (nothing to learn from this pair)", "rejected",
                  "make the rejected answer differ, or delete the row")
@@ -252,23 +211,55 @@ def _preference_rows(prompt: list[dict], row: dict, key: str, ctx: RowContext) -
     return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
 
 
+def _split_pair(chosen: list[dict], rejected: list[dict], key: str) -> tuple[list, list, list]:
+    """Two whole conversations -> (shared prompt, chosen answer, rejected answer)."""
+    n = _common_prefix(chosen, rejected)
+    if n == 0:
+        raise RowError("missing", f"the two conversations of '{key}' share no prompt", key,
+                        "start chosen and rejected with the same prompt messages, or add a 'prompt' column")
+    for side, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if msgs[-1]["role"] != "assistant":
+            raise RowError("end", f"the {side} conversation does not end with an assistant message", key,
+                            "end each conversation with the assistant's answer")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
 def _preference(row: dict, ctx: RowContext) -> list[dict]:
+    _start(row)
     if "prompt" in row:
         prompt = _turns(row, "prompt", "user")
     elif row.get("instruction") is not None:
         text = "\n".join(t for t in (_text(row, "instruction"), _text(row, "input", False)) if t.strip())
         prompt = [{"role": "user", "content": text}]
     else:  # implicit prompt: chosen/rejected are whole conversations sharing it
-        chosen = _maybe_json(row.get("chosen"))
-        if not isinstance(chosen, list) or len(chosen) < 2:
+        chosen, rejected = maybe_json(row.get("chosen")), maybe_json(row.get("rejected"))
+        if not isinstance(chosen, list) or len(chosen) < 2 or not isinstance(rejected, list):
             raise RowError("missing", "preference row has no 'prompt'", "prompt",
                             "add a 'prompt' column (or make chosen/rejected full conversations)")
-        prompt = _messages(chosen, "chosen")[:-1]
+        prompt, c, r = _split_pair(parse_messages(chosen, "chosen"), parse_messages(rejected, "rejected"), "chosen")
+        return _preference_rows(_system_column(row, prompt), row, "chosen", ctx, (c, r))
     return _preference_rows(_system_column(row, prompt), row, "prompt", ctx)
 
 
+def _preference_messages(row: dict, ctx: RowContext) -> list[dict]:
+    """``chosen_messages`` / ``rejected_messages``: two whole conversations (with an optional
+    ``prompt`` column when they hold the answers only)."""
+    _start(row)
+    chosen = parse_messages(row.get("chosen_messages"), "chosen_messages")
+    rejected = parse_messages(row.get("rejected_messages"), "rejected_messages")
+    if row.get("prompt") not in (None, "", []):
+        prompt = _turns(row, "prompt", "user")
+        strip = (lambda m: m[len(prompt):] if len(m) > len(prompt) and _plain(m[:len(prompt)]) == _plain(prompt)
+                 else m)
+        answers = (strip(chosen), strip(rejected))
+    else:
+        prompt, *answers = _split_pair(chosen, rejected, "chosen_messages")
+    return _preference_rows(_system_column(row, prompt), row, "chosen_messages", ctx, tuple(answers))
+
+
 def _sharegpt_preference(row: dict, ctx: RowContext) -> list[dict]:
-    prompt = _system_column(row, _messages(row.get("conversations"), "conversations"))
+    _start(row)
+    prompt = _system_column(row, parse_messages(row.get("conversations"), "conversations"))
     return _preference_rows(prompt, row, "conversations", ctx)
 
 
@@ -285,7 +276,7 @@ def _summarization(row: dict, ctx: RowContext) -> list[dict]:
 
 def _squad(row: dict, ctx: RowContext) -> list[dict]:
     context, question = _text(row, "context"), _text(row, "question")
-    answers = _maybe_json(row.get("answers"))
+    answers = maybe_json(row.get("answers"))
     if isinstance(answers, list):  # [{"text": ..., "answer_start": ...}, ...]
         if not all(isinstance(a, dict) for a in answers):
             raise RowError("answers", "'answers' must be {text: [...], answer_start: [...]}", "answers",
@@ -319,5 +310,6 @@ CONVERTERS = {
     "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages_fmt,
     "prompt-completion": _prompt_completion, "text": _text_fmt, "input-output": _input_output,
     "preference": _preference, "sharegpt-preference": _sharegpt_preference,
+    "preference-messages": _preference_messages,
     "summarization": _summarization, "squad": _squad,
 }

@@ -7,8 +7,10 @@ field, never an exception, so one bad row among thousands is reported rather tha
 
 Canonical kinds::
 
-    conversation   {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
-                   (ends with an assistant message)
+    conversation   {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str,
+                                  ...tool_calls, tool_call_id, name, reasoning_content, train}, ...],
+                    "tools": [function schemas]}   (tools optional; ends with an assistant message;
+                   the message fields are described in core.data.messages)
     text           {"text": str}
     preference     {"prompt": [messages ending with a user turn],
                     "chosen": [{"role": "assistant", "content": str}], "rejected": [...]}
@@ -49,14 +51,15 @@ class FormatSpec:
 # Detection order matters: the first spec whose columns are all present wins.
 FORMATS: dict[str, FormatSpec] = {s.name: s for s in (
     FormatSpec("sharegpt-preference", "preference", (("conversations", "chosen", "rejected"),), ("system",)),
+    FormatSpec("preference-messages", "preference", (("chosen_messages", "rejected_messages"),), ("prompt", "system")),
     FormatSpec("preference", "preference",
                (("prompt", "chosen", "rejected"), ("instruction", "chosen", "rejected"), ("chosen", "rejected"))),
     FormatSpec("squad", "qa", (("context", "question", "answers"),), ("id",)),
     FormatSpec("summarization", "summarization",
                (("document", "summary"), ("article", "highlights"), ("dialogue", "summary"))),
     FormatSpec("alpaca", "conversation", (("instruction", "output"),), ("input", "system", "history")),
-    FormatSpec("sharegpt", "conversation", (("conversations",),), ("system",)),
-    FormatSpec("messages", "conversation", (("messages",),), ("label",)),
+    FormatSpec("sharegpt", "conversation", (("conversations",),), ("system", "tools")),
+    FormatSpec("messages", "conversation", (("messages",),), ("label", "tools")),
     FormatSpec("prompt-completion", "conversation", (("prompt", "completion"),), ("label",)),
     FormatSpec("input-output", "conversation", (("input", "output"),)),
     FormatSpec("text", "text", (("text",),)),

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from core.errors import DataError, Problem
 
-SUPPORTED = (".json", ".jsonl", ".ndjson", ".csv", ".parquet")
+SUPPORTED = (".json", ".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
+# A .txt file with no blank lines is one long text: cut into pieces of about this many characters
+# (~500 tokens of English), at line or word boundaries. Packing joins short pieces again.
+TXT_CHUNK_CHARS = 2000
 SUPPORTED_TEXT = ", ".join(SUPPORTED)
 MAX_LISTED = 20  # problems of one kind listed before "... and N more"
 
@@ -54,8 +57,12 @@ class LoadedData:
         return f"{self.unit} {self.lines[i]}"
 
 
-def load_rows(path: str | Path, max_rows: int | None = None) -> LoadedData:
-    """Read a .json, .jsonl/.ndjson, .csv or .parquet file (or a hub dataset id).
+def load_rows(path: str | Path, max_rows: int | None = None, *, chunk_chars: int = TXT_CHUNK_CHARS) -> LoadedData:
+    """Read a .json, .jsonl/.ndjson, .csv, .parquet or .txt file (or a hub dataset id).
+
+    A ``.txt`` file is plain text for continued pre-training: one ``{"text": ...}`` row per
+    document, documents separated by blank lines; a text with no blank lines is cut into pieces
+    of about ``chunk_chars`` characters at line or word boundaries.
 
     Args:
         path: a local file, or a Hugging Face dataset id such as ``org/name`` (loaded with
@@ -90,6 +97,8 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> LoadedData:
         data = _load_csv(p, text, max_rows)
     elif ext == ".json":
         data = _load_json(p, text, max_rows)
+    elif ext == ".txt":
+        data = _load_txt(p, text, max_rows, chunk_chars)
     else:
         data = _load_jsonl(p, text, max_rows)
     if not data.rows:
@@ -289,6 +298,44 @@ def _flatten_squad(articles: list[dict]) -> list[dict]:
 def _json_type(obj) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "true/false",
             type(None): "null", dict: "object"}.get(type(obj), type(obj).__name__)
+
+
+# -- plain text ------------------------------------------------------------------------------------
+_BLANK = re.compile(r"\n[ \t]*\n")
+
+
+def _load_txt(p: Path, file: str, max_rows: int | None, chunk_chars: int) -> LoadedData:
+    text = _read_text(p, file).replace("\r\n", "\n").replace("\r", "\n")
+    rows, lines = [], []
+    pos = 0
+    pieces = []
+    for m in list(_BLANK.finditer(text)) + [None]:
+        end = m.start() if m else len(text)
+        pieces.append((pos, text[pos:end]))
+        pos = m.end() if m else pos
+    docs = [(start, doc) for start, doc in pieces if doc.strip()]
+    if len(docs) == 1 and chunk_chars and len(docs[0][1]) > chunk_chars:
+        docs = _chunks(docs[0][0], docs[0][1], chunk_chars)
+    for start, doc in docs:
+        lead = len(doc) - len(doc.lstrip())
+        rows.append({"text": doc.strip()})
+        lines.append(text.count("\n", 0, start + lead) + 1)
+        if max_rows and len(rows) >= max_rows:
+            break
+    return LoadedData(file, rows, lines, "line", {"text_file": "chunks" if len(pieces) == 1 else "documents"})
+
+
+def _chunks(offset: int, text: str, size: int) -> list[tuple[int, str]]:
+    """``text`` cut into pieces of at most ~``size`` characters, at a line break or a space."""
+    out, pos = [], 0
+    while pos < len(text):
+        end = min(pos + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind("\n", pos + size // 2, end), text.rfind(" ", pos + size // 2, end))
+            end = cut + 1 if cut > pos else end
+        out.append((offset + pos, text[pos:end]))
+        pos = end
+    return out
 
 
 # -- CSV / parquet ---------------------------------------------------------------------------------

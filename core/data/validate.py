@@ -110,6 +110,9 @@ class ValidationReport:
     unit: str = "line"
     details: dict = field(default_factory=dict)
     lines: list = field(default_factory=list, repr=False)  # source line of each example
+    # the first examples as the trainer sees them: [{"index", "line", "segments": [{"text",
+    # "trained"}], "tokens", "trained_tokens"}] (conversation and text data, with a tokenizer)
+    samples: list = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -131,6 +134,7 @@ class ValidationReport:
             "errors": len(self.errors), "warnings": len(self.warnings),
             "problems": [p.to_dict() for p in self.problems], "lengths": dict(self.lengths),
             "requirement": self.requirement, "min_rows": self.min_rows, "details": dict(self.details),
+            "samples": list(self.samples),
         }
 
     def summary(self) -> str:
@@ -150,6 +154,12 @@ class ValidationReport:
         if self.problems:
             out.append(f"Problems: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
             out += [f"  {p.severity}: {p}" for p in self.problems]
+        for sample in self.samples[:1]:
+            if "segments" in sample:
+                text = "".join(f"[[{s['text']}]]" if s["trained"] else s["text"] for s in sample["segments"])
+                text = text if len(text) <= 1500 else text[:1500] + " ..."
+                out.append(f"First example as trained ([[...]] is in the loss: {sample['trained_tokens']} of "
+                           f"{sample['tokens']} tokens):\n{text}")
         out.append("Ready to train." if self.ok else "Not ready: fix the errors above.")
         return "\n".join(out)
 
@@ -157,7 +167,7 @@ class ValidationReport:
 def validate_file(path: str | Path, *, requirement: Requirement, dataset_format: str = "auto", column_map: dict | None = None,
                   template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
                   max_length: int = 512, min_rows: int = 2, max_rows: int | None = None,
-                  seed: int = 42) -> ValidationReport:
+                  seed: int = 42, render=None, text_chunk_chars: int | None = None) -> ValidationReport:
     """Load ``path`` and check it for ``task``/``strategy``. Never raises for bad data.
 
     Args:
@@ -173,24 +183,29 @@ def validate_file(path: str | Path, *, requirement: Requirement, dataset_format:
         min_rows: fewer usable rows than this is an error.
         max_rows: read at most this many rows (None/0: all).
         seed: seeds the sample used for token lengths.
+        render: how conversations are rendered and masked (a core.data.chat.RenderOptions;
+            None: the defaults); with a tokenizer the chat template is checked on the data and
+            the first examples are rendered as segments (``samples``).
+        text_chunk_chars: a .txt file without blank lines is cut into pieces of this size.
     """
     report = ValidationReport(str(path), min_rows=min_rows)
     try:
         report.requirement = requirement.description
-        data = load_rows(path, max_rows=max_rows)
+        data = load_rows(path, max_rows=max_rows, **({"chunk_chars": text_chunk_chars} if text_chunk_chars else {}))
     except DataError as exc:
         report.problems += _problems_of(exc, str(path))
         return report
     return validate_rows(data.rows, file=data.file, lines=data.lines, unit=data.unit,
                          requirement=requirement, dataset_format=dataset_format, column_map=column_map,
                          template_vars=template_vars, system_prompt=system_prompt,
-                         tokenizer=tokenizer, max_length=max_length, min_rows=min_rows, seed=seed)
+                         tokenizer=tokenizer, max_length=max_length, min_rows=min_rows, seed=seed,
+                         render=render)
 
 
 def validate_rows(rows: list[dict], *, file: str = "<data>", lines: list[int] | None = None,
                   unit: str = "row", requirement: Requirement, dataset_format: str = "auto", column_map: dict | None = None,
                   template_vars: dict | None = None, system_prompt: str = "", tokenizer=None,
-                  max_length: int = 512, min_rows: int = 2, seed: int = 42) -> ValidationReport:
+                  max_length: int = 512, min_rows: int = 2, seed: int = 42, render=None) -> ValidationReport:
     """Check rows already in memory (see :func:`validate_file` for the arguments).
 
     Args:
@@ -225,9 +240,29 @@ def validate_rows(rows: list[dict], *, file: str = "<data>", lines: list[int] | 
             "add rows (a few hundred is a good start) or fix the rows reported above", file=file))
     report.problems += _duplicates(res.examples, res.lines, file, unit)
     if tokenizer is not None and res.examples:
-        report.lengths, extra = _lengths(res.examples, res.lines, target, tokenizer, max_length, seed, file)
+        report.lengths, extra = _lengths(res.examples, res.lines, target, tokenizer, max_length, seed, file,
+                                         render)
         report.problems += extra
+        if target in ("conversation", "text"):
+            from core.data.chat import check_template, sample_segments
+
+            if target == "conversation":
+                report.problems += check_template(res.examples, tokenizer, render, lines=res.lines, file=file)
+            attach_samples(report, tokenizer, render)
     _set_unit(report.problems, file, unit)
+    return report
+
+
+def attach_samples(report: ValidationReport, tokenizer, render=None, n: int = 3) -> ValidationReport:
+    """Render the report's first ``n`` conversation/text examples as ``{"text", "trained"}``
+    segments into ``report.samples`` (what the Dataset tab draws and ``validate --json`` prints)."""
+    from core.data.chat import sample_segments
+
+    if report.kind not in ("conversation", "text") or not report.examples:
+        return report
+    report.samples = sample_segments(report.examples, tokenizer, render, n=n)
+    for s in report.samples:
+        s["line"] = report.lines[s["index"]] if s["index"] < len(report.lines) else None
     return report
 
 
@@ -310,7 +345,7 @@ def _duplicates(examples: list[dict], lines: list, file: str, unit: str) -> list
 
 
 def _lengths(examples: list[dict], lines: list, kind: str, tokenizer, max_length: int, seed: int,
-             file: str) -> tuple[dict, list[Problem]]:
+             file: str, render=None) -> tuple[dict, list[Problem]]:
     """Token-length statistics on at most LENGTH_SAMPLE examples (seeded sample)."""
     idx = list(range(len(examples)))
     sampled = len(idx) > LENGTH_SAMPLE
@@ -319,6 +354,23 @@ def _lengths(examples: list[dict], lines: list, kind: str, tokenizer, max_length
     templ = bool(getattr(tokenizer, "chat_template", None))
     problems: list[Problem] = []
     failed: list = []
+
+    renderer = None
+    if templ and kind == "conversation":
+        from core.data.chat import Renderer
+
+        try:
+            renderer = Renderer(tokenizer, render)
+        except Exception:  # noqa: BLE001 - reported by the template check
+            renderer = None
+
+    def render_conv(ex: dict, line) -> str:
+        if renderer is not None:
+            try:
+                return renderer.text(ex)
+            except Exception as exc:  # noqa: BLE001 - e.g. a template that insists on alternating roles
+                failed.append((line, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
+        return "\n".join(m["content"] for m in ex["messages"])
 
     def render(msgs: list[dict], line) -> str:
         if templ:
@@ -333,7 +385,7 @@ def _lengths(examples: list[dict], lines: list, kind: str, tokenizer, max_length
     for i in idx:
         ex, line = examples[i], lines[i]
         if kind == "conversation":
-            parts = [render(ex["messages"], line)]
+            parts = [render_conv(ex, line)]
         elif kind == "preference":
             parts = [render(ex["prompt"] + ex["chosen"], line), render(ex["prompt"] + ex["rejected"], line)]
         elif kind == "kto":

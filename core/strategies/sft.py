@@ -1,8 +1,11 @@
 """Supervised fine-tuning with LoRA through trl's SFTTrainer (and QLoRA: the same on a 4-bit base).
 
-Conversations become trl's conversational prompt/completion rows (everything up to the last
-assistant turn is the prompt), so the loss falls on the answer only for any chat template;
-``loss_on: all`` trains on the whole text. Plain ``text`` rows are continued pre-training.
+Conversations are rendered with the chat template (tools, tool calls, reasoning as the template
+shows them) and tokenized here into ``input_ids`` + ``labels`` by :mod:`core.data.chat`: every
+assistant turn is trained (``train_turns: last``: the final one only), weight-0 turns stay in
+the context without loss, ``loss_on: all`` trains on the whole text. trl takes the rows as
+they are (a ``labels`` column is kept through truncation, packing and length grouping). Plain
+``text`` rows are continued pre-training (every token, EOS appended).
 
 The other tasks are supervised fine-tuning too, each with its own head and metrics, in
 core/tasks/: summarization (seq2seq, or causal with a prompt; ROUGE) and extractive QA (a span
@@ -19,15 +22,24 @@ from core.plugins import MemoryProfile
 SFT_MEMORY = MemoryProfile(chunked_loss=True)
 
 
-def to_trl_rows(rows: list[dict]) -> list[dict]:
-    out = []
-    for r in rows:
-        if "messages" in r:
-            msgs = r["messages"]
-            out.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
-        else:
-            out.append({"text": r["text"]})
-    return out
+def to_trl_rows(rows: list[dict], tokenizer, config=None) -> list[dict]:
+    """Canonical conversation/text rows -> tokenized ``{"input_ids", "labels"}`` rows for trl
+    (see core.data.chat for how the loss mask is built)."""
+    from core.data.chat import options_of, tokenize_examples
+
+    return tokenize_examples(rows, tokenizer, options_of(config))
+
+
+def _log_mask(ctx, rows: list[dict]) -> None:
+    """Say in the run's log how much of the data is in the loss (the mask built in to_trl_rows)."""
+    from core.data.chat import supervised_tokens
+    from core.strategies.common import event_callback
+
+    owner = event_callback(ctx)
+    if owner is not None and rows:
+        total = sum(len(r["input_ids"]) for r in rows)
+        owner.events.emit("log", message=f"{len(rows)} training sequences: {supervised_tokens(rows)} of {total} "
+                                         "tokens are in the loss, the rest is context")
 
 
 def batching(config) -> dict:
@@ -102,14 +114,16 @@ class SFTStrategy:
 
         c = ctx.config
         # 1. data, in trl's shape
-        train_ds = Dataset.from_list(to_trl_rows(ctx.train_rows))
-        eval_ds = Dataset.from_list(to_trl_rows(ctx.eval_rows)) if ctx.eval_rows else None
+        train_rows = to_trl_rows(ctx.train_rows, ctx.tokenizer, c)
+        _log_mask(ctx, train_rows)
+        train_ds = Dataset.from_list(train_rows)
+        eval_ds = Dataset.from_list(to_trl_rows(ctx.eval_rows, ctx.tokenizer, c)) if ctx.eval_rows else None
         # 2. trainer arguments, translated from the run config
         args = SFTConfig(
             **training_kwargs(ctx),
             max_length=c.max_length,
             **batching(c),
-            completion_only_loss=c.loss_on == "completion",
+            # the labels built in to_trl_rows carry the mask (loss_on, train_turns, weights)
             dataset_num_proc=None,
         )
         # 3. trainer, with LoRA unless the provider already applied it (unsloth)

@@ -42,10 +42,11 @@ class FullFineTuneStrategy:
         from core.strategies.sft import to_trl_rows
 
         # 1. data, in trl's shape (the same rows as SFT)
-        train_ds, eval_ds = dataset(to_trl_rows(ctx.train_rows)), dataset(to_trl_rows(ctx.eval_rows))
+        train_ds = dataset(to_trl_rows(ctx.train_rows, ctx.tokenizer, ctx.config))
+        eval_ds = dataset(to_trl_rows(ctx.eval_rows, ctx.tokenizer, ctx.config))
         # 2. trainer arguments, translated from the run config
         args = SFTConfig(**training_kwargs(ctx, lora=False), max_length=ctx.config.max_length,
-                         completion_only_loss=ctx.config.loss_on == "completion", dataset_num_proc=None)
+                         dataset_num_proc=None)
         # 3. trainer: no peft_config, so every weight trains
         trainer = SFTTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
