@@ -254,6 +254,12 @@ def build(ctx: AppContext) -> ModelsTab:
                 confirm = gr.Checkbox(value=False, label="Yes, delete it", elem_id="delete-confirm")
                 delete = gr.Button("Delete model", variant="stop", elem_id="btn-delete")
     message = gr.Markdown("", elem_id="models-message")
+    from components import evaluation_panel  # issue 16: base vs tuned, rows, predictions download
+
+    evaluation_panel.build(ctx, choice)
+    from components import runs_panel  # issue 16: several runs' curves, config diff and metrics
+
+    runs_panel.build(ctx)
 
     outputs = [table, empty, choice]
 

@@ -156,6 +156,9 @@ def run_training(
         callback = EventCallback(events, store, run_id, stop_event)
         ctx.callbacks.append(callback)
         ctx.callbacks.append(_nan_guard())
+        from core.trackers import callbacks as extra_callbacks  # issue 16: early stopping, trackers
+
+        ctx.callbacks += extra_callbacks(config, run_dir, bool(eval_rows))
         # The adapter's random initial weights come from the seed, not from whatever ran before in
         # this process: a run is reproducible, and every process of a multi-process run starts alike.
         from transformers import set_seed
@@ -175,8 +178,11 @@ def run_training(
         store.add_metrics(run_id, callback.step, {f"final_{k}": v for k, v in metrics.items()})
         # In a multi-process run only rank 0 writes the model card and record (the others return).
         model_id = _write_model(config, ctx, store, run_id, metrics) if distributed.is_main_process() else None
+        from core.compare_eval import after_run  # issue 16: base vs tuned on the held-out rows
+
+        evaluation = after_run(ctx, store, events, model_id) if model_id else None
         events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
-                    model_id=model_id, model_dir=str(ctx.model_dir))
+                    model_id=model_id, model_dir=str(ctx.model_dir), evaluation=evaluation)
         return RunResult(run_id, "completed", str(run_dir), model_id=model_id, metrics=metrics)
     except ModelForgeError as exc:
         log.error("run %s failed: %s", run_id, exc)
