@@ -193,10 +193,6 @@ def cmd_train(args) -> int:
         result = run_training(config, store, events, run_id, run_dir, stop_event=stop, resume_from=resume_from)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if getattr(args, "more", None) and result.status == "completed":
-        from core.train_more import mark_model
-
-        mark_model(run_dir)
     out = {
         "run_id": result.run_id, "status": result.status, "output_dir": result.output_dir,
         "model_id": result.model_id, "model_dir": str(run_dir / "model") if result.model_id else None,

@@ -179,6 +179,9 @@ def run_training(
         # In a multi-process run only rank 0 writes the model card and record (the others return).
         model_id = _write_model(config, ctx, store, run_id, metrics) if distributed.is_main_process() else None
         from core.compare_eval import after_run  # issue 16: base vs tuned on the held-out rows
+        from core.train_more import mark_model
+
+        mark_model(run_dir)  # a continuation ("train more"): its card names the run it continues
 
         evaluation = after_run(ctx, store, events, model_id) if model_id else None
         events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
