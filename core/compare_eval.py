@@ -40,7 +40,13 @@ from core.paths import ASSETS
 # Defaults when the caller gives no bound: a CPU generates ~10-50 tokens/s with a real small model.
 CPU_ROWS, CPU_TOKENS = 30, 64     # ~2 x 30 answers of 64 tokens: minutes at most on 2 cores
 GPU_ROWS, GPU_TOKENS = 200, 256
+# The automatic comparison at the end of a run on a CPU: smaller still, every run with validation
+# rows pays it (about 2 x 16 answers of 48 tokens: seconds for the demo, a minute or two for a 0.5B model).
+AFTER_RUN_CPU_ROWS, AFTER_RUN_CPU_TOKENS = 16, 48
 BATCH = 8                          # prompts generated together (left-padded)
+# At most this many rows are held out for evaluation (the engine's split), whatever validation_split
+# says: more would slow every evaluation and take rows from training for little gain.
+MAX_EVAL_ROWS = 300
 SAME_EPS = 1e-6                    # two scores closer than this count as the same
 PRIMARY = {"conversation": "rougeL", "summarization": "rougeL", "qa": "f1", "preference": "margin",
            "text": "perplexity"}
@@ -133,7 +139,8 @@ def compare(model: Any, tokenizer: Any, rows: list[dict], *, model_kind: str = "
             max_rows: int | None = None, max_new_tokens: int | None = None, max_length: int = 1024,
             out_dir: str | Path | None = None, progress: Callable[[int, int, str], None] | None = None,
             stop_event: threading.Event | None = None, general_text: bool = True,
-            held_out_rows: int | None = None, dataset: str = "") -> Comparison:
+            held_out_rows: int | None = None, dataset: str = "",
+            defaults: tuple[int, int] | None = None) -> Comparison:
     """Base (adapter off) against tuned (adapter on) on ``rows`` (canonical rows, one kind).
 
     Args:
@@ -148,6 +155,7 @@ def compare(model: Any, tokenizer: Any, rows: list[dict], *, model_kind: str = "
         progress: called as progress(done, total, message) after each batch.
         stop_event: set it to stop after the current batch (what was done is kept and marked).
         general_text: add the forgetting check (causal models only).
+        defaults: (rows, tokens) used for a bound not given (default: :func:`default_limits`).
 
     Raises:
         ModelForgeError: the model has no adapter to switch off, or there are no rows.
@@ -158,7 +166,7 @@ def compare(model: Any, tokenizer: Any, rows: list[dict], *, model_kind: str = "
     if not rows:
         raise DataError("no rows to evaluate", "give --dataset FILE, or train with validation_split > 0")
     device = _device_of(model)
-    auto_rows, auto_tokens = default_limits(device)
+    auto_rows, auto_tokens = defaults or default_limits(device)
     limit_rows = max_rows if max_rows else auto_rows
     limit_tokens = max_new_tokens if max_new_tokens else auto_tokens
     total_rows = len(rows)
@@ -518,7 +526,7 @@ def held_out_rows(config: Any, tokenizer: Any) -> list[dict]:
         raise DataError(f"{config.dataset} cannot be read for evaluation", "give --dataset FILE",
                         problems=report.errors or report.problems)
     examples = report.examples[: config.max_samples] if config.max_samples else report.examples
-    return split_train_eval(examples, config.validation_split, config.seed)[1]
+    return split_train_eval(examples, config.validation_split, config.seed)[1][:MAX_EVAL_ROWS]
 
 
 def file_rows(config: Any, path: str, tokenizer: Any) -> list[dict]:
@@ -615,7 +623,8 @@ def after_run(ctx: Any, store: Any, events: Any, model_id: str) -> dict | None:
                          max_rows=config.compare_max_rows or None,
                          max_new_tokens=config.compare_max_new_tokens or None, max_length=config.max_length,
                          out_dir=ctx.run_dir / "evaluations" / eval_id, progress=progress,
-                         stop_event=ctx.stop_event, dataset="held-out rows")
+                         stop_event=ctx.stop_event, dataset="held-out rows",
+                         defaults=(AFTER_RUN_CPU_ROWS, AFTER_RUN_CPU_TOKENS) if ctx.device == "cpu" else None)
         record(store, result, eval_id=eval_id, model_id=model_id, run_id=ctx.run_id)
     except Exception as exc:  # noqa: BLE001 - the run is done; its evaluation is extra
         logging.getLogger("modelforge.compare").warning("comparison after run %s failed", ctx.run_id, exc_info=True)

@@ -198,9 +198,9 @@ class RunConfig:
         "evaluation",
     )
     compare_max_rows: int = _f(
-        0, "Rows that comparison evaluates (0: automatic: 30 on a CPU, 200 on a GPU).", "evaluation", min=0)
+        0, "Rows that comparison evaluates (0: automatic: 16 on a CPU, 200 on a GPU).", "evaluation", min=0)
     compare_max_new_tokens: int = _f(
-        0, "Longest answer generated for that comparison (0: automatic: 64 tokens on a CPU, 256 on a GPU).",
+        0, "Longest answer generated for that comparison (0: automatic: 48 tokens on a CPU, 256 on a GPU).",
         "evaluation", min=0)
     early_stopping_patience: int = _f(
         0,

@@ -20,6 +20,7 @@ from typing import Any
 
 from core import distributed
 from core.checks import adjusted, check_config, preflight, validate_data  # noqa: F401 (preflight: re-exported)
+from core.compare_eval import MAX_EVAL_ROWS
 from core.config import RunConfig, save_yaml
 from core.errors import DataError, ModelForgeError, NotAvailableError, TrainingError
 from core.events import EventLog
@@ -72,6 +73,8 @@ def load_data(config: RunConfig, tokenizer: Any) -> tuple[list, list, Any]:
     if config.max_samples:
         examples = examples[: config.max_samples]
     train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
+    if len(evaluation) > MAX_EVAL_ROWS:  # issue 16: a share of a big data set is plenty at a few hundred rows
+        train, evaluation = train + evaluation[MAX_EVAL_ROWS:], evaluation[:MAX_EVAL_ROWS]
     return train, evaluation, report
 
 
@@ -147,7 +150,8 @@ def run_training(
         events.emit("log", message=f"validating {config.dataset}")
         train_rows, eval_rows, report = load_data(config, tokenizer)
         events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
-                                   f"(format: {report.format})")
+                                   f"(validation_split {config.validation_split:g}, at most {MAX_EVAL_ROWS}; "
+                                   f"format: {report.format})")
         device = _device()
         ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
                            train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,

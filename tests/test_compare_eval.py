@@ -8,7 +8,6 @@ the comparison runs automatically at the end of that run.
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
@@ -132,34 +131,41 @@ def test_preference_comparison_counts_chosen_by_likelihood(store, shared_data):
     assert 0.0 <= ev.tuned["chosen_preferred"] <= 1.0 and "margin" in ev.base
 
 
-def _codes(tmp_path, n: int = 96):
-    """Prompts with random answers: the held-out answers cannot be learnt, so once the model starts
-    memorising the training answers its eval loss rises."""
-    rnd = random.Random(0)
-    abc = "abcdefghijklmnopqrstuvwxyz0123456789"
-    rows = [{"instruction": f"Code {i}?", "output": "".join(rnd.choice(abc) for _ in range(24))} for i in range(n)]
-    path = tmp_path / "codes.json"
-    path.write_text(json.dumps(rows))
-    return path
+class _RisingEvalLoss:
+    """A callback placed before EarlyStoppingCallback: the eval loss it reports is lowest at step 20
+    and rises after it (as an overfitting run's does), deterministically and in few steps."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Rising(TrainerCallback):
+            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+                if metrics is not None and "eval_loss" in metrics:
+                    metrics["eval_loss"] = 1.0 + abs(state.global_step - 20) / 10
+        return Rising()
 
 
-def test_early_stopping_stops_when_eval_loss_rises_and_keeps_the_best(store, tmp_path):
+def test_early_stopping_stops_when_eval_loss_rises_and_keeps_the_best(store, small_alpaca, monkeypatch):
     from safetensors.torch import load_file
 
+    import core.trackers as trackers
+
+    real = trackers.callbacks
+    monkeypatch.setattr(trackers, "callbacks", lambda *a: [_RisingEvalLoss(), *real(*a)])
     result, run_dir = _train(store, RunConfig(
-        model="demo", dataset=str(_codes(tmp_path)), max_steps=300, batch_size=8, max_length=64,
-        validation_split=0.15, learning_rate=3e-3, lora_r=16, lora_alpha=32, lora_dropout=0.0, eval_steps=10,
-        logging_steps=10, early_stopping_patience=2, compare_after_training=False))
+        model="demo", dataset=str(small_alpaca), max_steps=200, batch_size=2, max_length=64, validation_split=0.1,
+        eval_steps=10, logging_steps=5, early_stopping_patience=2, compare_after_training=False))
     evals = [(e.step, e.data["eval_loss"]) for e in read_events(run_dir / "events.jsonl") if e.type == "eval"]
     last_step = max(p.step for p in store.metrics(result.run_id) if p.name == "loss")
     print(f"early stopping: evals {evals}; stopped at {last_step}, best {result.metrics.get('best_step')}")
-    assert last_step < 300, "early stopping did not stop the run"
-    best = result.metrics["best_step"]
-    assert best == min(evals, key=lambda e: e[1])[0] and best < last_step
+    assert last_step == 40, "early stopping did not stop the run two evaluations after the best"
+    assert result.metrics["best_step"] == 20
     # the model saved is the best checkpoint's
     saved = load_file(str(run_dir / "model" / "adapter_model.safetensors"))
-    ckpt = load_file(str(run_dir / "checkpoints" / f"checkpoint-{best}" / "adapter_model.safetensors"))
+    ckpt = load_file(str(run_dir / "checkpoints" / "checkpoint-20" / "adapter_model.safetensors"))
+    last = load_file(str(run_dir / "checkpoints" / "checkpoint-40" / "adapter_model.safetensors"))
     assert all((saved[k] == ckpt[k]).all() for k in saved)
+    assert any((saved[k] != last[k]).any() for k in saved)
 
 
 def test_tensorboard_and_mlflow_hold_the_logged_loss(store, small_alpaca):
