@@ -58,10 +58,28 @@ def row_table(rec, sort: str = SORTS[0]) -> list[list[Any]]:
              round(r["tuned_scores"].get(p, float("nan")), 4)] for r in rows]
 
 
+def download_path(rec) -> str | None:
+    """The predictions JSONL, copied under MODELFORGE_HOME/exports (the one folder the app serves
+    files from) as <model>-<evaluation id>.jsonl."""
+    import shutil
+    from pathlib import Path
+
+    from core.paths import home
+
+    if rec is None or not rec.predictions or not Path(rec.predictions).is_file():
+        return None
+    out = home() / "exports" / "evaluations"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{rec.model_id or 'model'}-{rec.id}.jsonl"
+    if not target.exists():
+        shutil.copyfile(rec.predictions, target)
+    return str(target)
+
+
 def show(ctx: AppContext, model_id: str, sort: str = SORTS[0]) -> tuple[str, list, str | None]:
-    """(summary markdown, row table, predictions path) of the model's latest evaluation."""
+    """(summary markdown, row table, path of the predictions to download) of the model's latest evaluation."""
     rec = latest(ctx, model_id)
-    return summary_markdown(rec), row_table(rec, sort), (rec.predictions if rec and rec.predictions else None)
+    return summary_markdown(rec), row_table(rec, sort), download_path(rec)
 
 
 def evaluate(ctx: AppContext, model_id: str, dataset: str | None = None, max_rows: int | None = None,

@@ -85,7 +85,7 @@ class Comparison:
         parts = [head]
         if p in self.base and p in self.tuned:
             parts.append(f"{METRIC_LABELS.get(p, p)} {self.base[p]:.3g} -> {self.tuned[p]:.3g}")
-        for k in ("perplexity", "general_perplexity"):
+        for k in ("chosen_preferred", "perplexity", "general_perplexity"):
             if k != p and k in self.base and k in self.tuned:
                 parts.append(f"{METRIC_LABELS[k]} {self.base[k]:.3g} -> {self.tuned[k]:.3g}")
         text = ", ".join(parts)

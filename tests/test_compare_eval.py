@@ -85,21 +85,29 @@ def test_cli_evaluate_on_a_file_and_bounded_by_default(identity, capsys, tmp_pat
     assert "default bound on a CPU" in out["limits"] and "64 new tokens" in out["limits"]
 
 
-@pytest.mark.slow
-def test_models_tab_panel_shows_summary_rows_and_download(identity):
+def test_models_tab_panel_shows_summary_rows_and_download(store, tmp_path, mf_home):
     from components import evaluation_panel
     from components.common import AppContext
+    from core.compare_eval import Comparison, record, write
 
-    services, result, run_dir = identity
-    ctx = AppContext(store=services.store, jobs=services.jobs)
-    text, table, download = evaluation_panel.show(ctx, result.model_id)
-    assert "tuned better on" in text and "ROUGE-L" in text
-    assert table and len(table[0]) == len(evaluation_panel.ROW_HEADERS)
-    changes = [r[0] for r in table]
-    assert changes == sorted(changes, reverse=True)                   # most improved first
-    worst = evaluation_panel.show(ctx, result.model_id, evaluation_panel.SORTS[1])[1]
-    assert [r[0] for r in worst] == sorted(changes)
-    assert download and download.endswith("predictions.jsonl")
+    def row(prompt, b, t):
+        return {"prompt": prompt, "reference": "ref", "base": "b", "tuned": "t", "change": t - b,
+                "base_scores": {"rougeL": b}, "tuned_scores": {"rougeL": t}}
+
+    result = Comparison(kind="conversation", rows=3, base={"rougeL": 0.2}, tuned={"rougeL": 0.5}, better=2, worse=1,
+                        same=0, primary="rougeL", limits="3 of 3 rows", per_row=[row("a", 0.1, 0.9),
+                                                                                   row("b", 0.5, 0.2), row("c", 0.0, 0.4)])
+    write(result, tmp_path / "ev")
+    record(store, result, model_id="model-x", run_id="run-x")
+    ctx = AppContext(store=store, jobs=None)
+    text, table, download = evaluation_panel.show(ctx, "model-x")
+    assert "tuned better on 2 of 3 rows" in text and "ROUGE-L 0.2 -> 0.5" in text
+    assert len(table[0]) == len(evaluation_panel.ROW_HEADERS)
+    assert [r[1] for r in table] == ["a", "c", "b"]                     # most improved first
+    assert [r[1] for r in evaluation_panel.show(ctx, "model-x", evaluation_panel.SORTS[1])[1]] == ["b", "c", "a"]
+    assert download.startswith(str(mf_home / "exports")) and download.endswith(".jsonl")  # a path the app serves
+    assert open(download, encoding="utf-8").read() == open(result.predictions, encoding="utf-8").read()
+    assert evaluation_panel.show(ctx, "model-none")[0] == evaluation_panel.NONE_TEXT
 
 
 def test_summarization_and_qa_comparisons_give_their_metrics(store, shared_data):
