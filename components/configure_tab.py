@@ -20,7 +20,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import (AppContext, default_config, endpoint, guard, load_preset, log,
+from components.common import (AppContext, default_config, endpoint, guard, load_preset,
                                mapping_to_text, preset_names, problems_markdown, resolve_dataset)
 from core.checks import field_choices, parse_config
 from core.config import RunConfig, config_fields, from_yaml, to_command, to_yaml

@@ -22,7 +22,7 @@ import gradio as gr
 from components.common import (AppContext, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
                                resolve_dataset, warn)
 from core.config import RunConfig
-from core.errors import BusyError, ConfigError, ModelForgeError, NotFoundError
+from core.errors import BusyError, ModelForgeError, NotFoundError
 
 TERMINAL = ("completed", "failed", "cancelled", "interrupted")
 RESUMABLE = ("cancelled", "interrupted", "failed")

@@ -118,9 +118,12 @@ def provider_problems(config: RunConfig) -> list[Problem]:
     if provider is None:
         return []
     ok, why = provider.available()
-    return [] if ok else [Problem(f"provider '{config.provider}' is not available here: {why}",
-                                  "set provider to huggingface; `modelforge info` says what works here",
-                                  field="provider")]
+    if ok:
+        return []
+    usable = [n for n in PROVIDERS.names() if n != config.provider and PROVIDERS.get(n).available()[0]]
+    return [Problem(f"provider '{config.provider}' is not available here: {why}",
+                    f"set provider to {' or '.join(usable) or 'another provider'}; `modelforge info` says what "
+                    "works here", field="provider")]
 
 
 def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem]:

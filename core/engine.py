@@ -124,73 +124,10 @@ def run_training(
     events.emit("started", name=config.name, config=config.to_dict())
     ctx: TrainContext | None = None
     try:
-        # The provider first: its back-end may have to be imported before transformers, peft and
-        # trl (unsloth patches them at import), and the strategy checks below can import trl.
-        provider = PROVIDERS.require(config.provider)
-        # unsloth imports itself here, before anything in this process imports transformers, peft
-        # or trl (else it warns that some of its patches are lost); only the chosen provider, and
-        # only once it is known to be available. In the app, the first run may be the only one
-        # that comes before transformers.
-        provider.prepare()
-        _quiet_progress_bars()
-        # Here, not at the top: core.callback imports transformers (seconds), which the app's
-        # start-up and the CLI's --help must not wait for.
-        from core.callback import EventCallback
-
-        strategy = STRATEGIES.get(config.strategy)
-        ok, why = strategy.available()
-        if not ok:
-            raise NotAvailableError(f"strategy '{config.strategy}' is not available: {why}",
-                                    "see `modelforge info` for what works here")
-        # The checks applied the adjustments before the run was recorded; again here (they are
-        # idempotent) for runs recorded before that, resumed now.
-        config = adjusted(config)
-        events.emit("log", message=f"loading model '{config.model}' with {provider.name}")
-        model, tokenizer = _load_model(provider, config)
-        events.emit("log", message=f"validating {config.dataset}")
-        train_rows, eval_rows, report = load_data(config, tokenizer)
-        events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
-                                   f"(validation_split {config.validation_split:g}, at most {MAX_EVAL_ROWS}; "
-                                   f"format: {report.format})")
-        device = _device()
-        ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
-                           train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,
-                           dtype=train_dtype(config, device), stop_event=stop_event, resume_from=resume_from,
-                           adapter_applied=provider.applies_adapter)
-        callback = EventCallback(events, store, run_id, stop_event)
-        ctx.callbacks.append(callback)
-        ctx.callbacks.append(_nan_guard())
-        from core.trackers import callbacks as extra_callbacks  # issue 16: early stopping, trackers
-
-        ctx.callbacks += extra_callbacks(config, run_dir, bool(eval_rows))
-        # The adapter's random initial weights come from the seed, not from whatever ran before in
-        # this process: a run is reproducible, and every process of a multi-process run starts alike.
-        from transformers import set_seed
-
-        set_seed(config.seed)
+        # setup -> train -> finish, with cleanup below whatever happens (torchtune's recipe shape).
+        ctx, strategy, callback = _setup(config, store, events, run_id, run_dir, stop_event, resume_from)
         metrics = strategy.train(ctx)
-        if callback.nan_loss:
-            raise TrainingError("the loss became NaN (not a number): training diverged",
-                                "lower learning_rate (e.g. by 10x) or use precision fp32")
-        if stop_event.is_set():
-            store.finish_run(run_id, "cancelled", error="stopped by the user; resume to continue")
-            events.emit("cancelled", step=callback.step, total_steps=callback.total,
-                        message="stopped; a checkpoint was saved", checkpoint=callback.last_checkpoint)
-            return RunResult(run_id, "cancelled", str(run_dir))
-        metrics = {k: v for k, v in metrics.items() if v is not None}
-        metrics["train_runtime_s"] = round(time.time() - started, 2)
-        store.add_metrics(run_id, callback.step, {f"final_{k}": v for k, v in metrics.items()})
-        # In a multi-process run only rank 0 writes the model card and record (the others return).
-        model_id = _write_model(config, ctx, store, run_id, metrics) if distributed.is_main_process() else None
-        from core.compare_eval import after_run  # issue 16: base vs tuned on the held-out rows
-        from core.train_more import mark_model
-
-        mark_model(run_dir)  # a continuation ("train more"): its card names the run it continues
-
-        evaluation = after_run(ctx, store, events, model_id) if model_id else None
-        events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
-                    model_id=model_id, model_dir=str(ctx.model_dir), evaluation=evaluation)
-        return RunResult(run_id, "completed", str(run_dir), model_id=model_id, metrics=metrics)
+        return _finish(ctx, store, events, callback, metrics, started)
     except ModelForgeError as exc:
         log.error("run %s failed: %s", run_id, exc)
         return _fail(store, events, run_id, run_dir, str(exc.message), exc.hint, exc, fault=False)
@@ -206,6 +143,89 @@ def run_training(
         _detach_log_file(handler)
         ctx = None  # the model, optimizer and trainer go now, not at the next run: after an
         _release_memory()  # out-of-memory failure the app must be able to train again
+
+
+def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str, run_dir: Path,
+           stop_event: threading.Event, resume_from: str | None) -> tuple[TrainContext, Any, Any]:
+    """Everything before training: the provider (prepared first), the strategy, the model, the data,
+    the callbacks and the seed. Returns (context, strategy, the EventCallback).
+
+    Raises:
+        ModelForgeError: a plugin that is not available, a model that does not load, bad data.
+    """
+    # The provider first: its back-end may have to be imported before transformers, peft and
+    # trl (unsloth patches them at import), and the strategy checks below can import trl.
+    provider = PROVIDERS.require(config.provider)
+    # unsloth imports itself here, before anything in this process imports transformers, peft
+    # or trl (else it warns that some of its patches are lost); only the chosen provider, and
+    # only once it is known to be available. In the app, the first run may be the only one
+    # that comes before transformers.
+    provider.prepare()
+    _quiet_progress_bars()
+    # Here, not at the top: core.callback imports transformers (seconds), which the app's
+    # start-up and the CLI's --help must not wait for.
+    from core.callback import EventCallback
+
+    strategy = STRATEGIES.get(config.strategy)
+    ok, why = strategy.available()
+    if not ok:
+        raise NotAvailableError(f"strategy '{config.strategy}' is not available: {why}",
+                                "see `modelforge info` for what works here")
+    # The checks applied the adjustments before the run was recorded; again here (they are
+    # idempotent) for runs recorded before that, resumed now.
+    config = adjusted(config)
+    events.emit("log", message=f"loading model '{config.model}' with {provider.name}")
+    model, tokenizer = _load_model(provider, config)
+    events.emit("log", message=f"validating {config.dataset}")
+    train_rows, eval_rows, report = load_data(config, tokenizer)
+    events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
+                               f"(validation_split {config.validation_split:g}, at most {MAX_EVAL_ROWS}; "
+                               f"format: {report.format})")
+    device = _device()
+    ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
+                       train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,
+                       dtype=train_dtype(config, device), stop_event=stop_event, resume_from=resume_from,
+                       adapter_applied=provider.applies_adapter)
+    callback = EventCallback(events, store, run_id, stop_event)
+    ctx.callbacks.append(callback)
+    ctx.callbacks.append(_nan_guard())
+    from core.trackers import callbacks as extra_callbacks  # issue 16: early stopping, trackers
+
+    ctx.callbacks += extra_callbacks(config, run_dir, bool(eval_rows))
+    # The adapter's random initial weights come from the seed, not from whatever ran before in
+    # this process: a run is reproducible, and every process of a multi-process run starts alike.
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    return ctx, strategy, callback
+
+
+def _finish(ctx: TrainContext, store: RecordStore, events: EventLog, callback: Any, metrics: dict,
+            started: float) -> RunResult:
+    """After training: a diverged run fails, a stopped one is cancelled (its checkpoint kept), a
+    finished one gets its final metrics, its model card and its record (rank 0 only)."""
+    config, run_id, run_dir = ctx.config, ctx.run_id, ctx.run_dir
+    if callback.nan_loss:
+        raise TrainingError("the loss became NaN (not a number): training diverged",
+                            "lower learning_rate (e.g. by 10x) or use precision fp32")
+    if ctx.stop_event.is_set():
+        store.finish_run(run_id, "cancelled", error="stopped by the user; resume to continue")
+        events.emit("cancelled", step=callback.step, total_steps=callback.total,
+                    message="stopped; a checkpoint was saved", checkpoint=callback.last_checkpoint)
+        return RunResult(run_id, "cancelled", str(run_dir))
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    metrics["train_runtime_s"] = round(time.time() - started, 2)
+    store.add_metrics(run_id, callback.step, {f"final_{k}": v for k, v in metrics.items()})
+    # In a multi-process run only rank 0 writes the model card and record (the others return).
+    model_id = _write_model(config, ctx, store, run_id, metrics) if distributed.is_main_process() else None
+    from core.compare_eval import after_run  # issue 16: base vs tuned on the held-out rows
+    from core.train_more import mark_model
+
+    mark_model(run_dir)  # a continuation ("train more"): its card names the run it continues
+    evaluation = after_run(ctx, store, events, model_id) if model_id else None
+    events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
+                model_id=model_id, model_dir=str(ctx.model_dir), evaluation=evaluation)
+    return RunResult(run_id, "completed", str(run_dir), model_id=model_id, metrics=metrics)
 
 
 def _load_model(provider: Any, config: RunConfig) -> tuple[Any, Any]:

@@ -490,7 +490,7 @@ def _summary_sentence(report: HardwareReport) -> str:
 def auto_precision(device: str, gpu_bf16: bool = False) -> str:
     """What ``precision: auto`` trains in: the one decision, for every caller.
 
-    The engine and the providers (through :func:`core.providers.huggingface.pick_dtype`, which
+    The engine and the providers (through :func:`core.models.pick_dtype`, which
     asks torch for the device), the memory estimate (:func:`core.memory.train_dtype`) and the
     hardware report (:func:`best_dtype`, shown by ``modelforge hardware`` and the Hardware tab)
     all resolve "auto" here, so what is reported is what trains.

@@ -21,7 +21,7 @@ from core.checks import adjusted, check_config
 from core.config import RunConfig
 from core.engine import run_training
 from core.run import RunResult, create_run, last_checkpoint, resumable  # noqa: F401 (last_checkpoint: re-exported)
-from core.errors import BusyError, ModelForgeError, NotFoundError
+from core.errors import BusyError, NotFoundError
 from core.events import TERMINAL, Event, EventLog, read_events
 from core.records import RecordStore
 

@@ -113,3 +113,17 @@ def test_a_registered_strategy_is_accepted_by_config_and_cli(monkeypatch):
     assert validate_config(RunConfig(dataset="d.json", strategy="mystrategy"), check_paths=False) == []
     args = build_parser().parse_args(["train", "--strategy", "mystrategy"])
     assert config_from_args(args).strategy == "mystrategy"
+
+
+def test_a_config_saved_before_the_plugins_declared_their_adjustments_still_loads_and_trains_alike():
+    """Runs recorded before issue 13 hold the config as given (qlora with quantization none, kto
+    with batch_size 1): they load as they are, and the adjustments (applied again by the engine
+    when such a run is resumed) give what those runs trained with."""
+    from core.checks import adjusted
+
+    old = from_yaml("# ModelForge run configuration\nstrategy: qlora\nquantization: none\nlora_r: 8\n"
+                    "dataset: d.json\nprovider: huggingface\n", source="old-run/config.yaml")
+    assert (old.strategy, old.quantization) == ("qlora", "none")
+    assert adjusted(old).quantization == "4bit" and adjusted(adjusted(old)) == adjusted(old)
+    kto = RunConfig.from_dict({**RunConfig().to_dict(), "strategy": "kto", "batch_size": 1}, source="run x")
+    assert adjusted(kto).batch_size == 2
