@@ -9,7 +9,8 @@ each other's store, and nothing is reported unless the user asked.
 
 - tensorboard: event files in ``RUN_DIR/tensorboard`` (``tensorboard --logdir RUN_DIR/tensorboard``).
 - mlflow: a local file store ``RUN_DIR/mlruns`` unless ``MLFLOW_TRACKING_URI`` names another one
-  (``mlflow ui --backend-store-uri RUN_DIR/mlruns``).
+  (``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri RUN_DIR/mlruns``; MLflow 3 wants that
+  variable for a file store, and ModelForge sets it for its own runs).
 - wandb: offline mode (files in ``RUN_DIR/wandb``, ``wandb sync`` uploads them later) unless
   ``WANDB_MODE`` is set: no account and no network needed.
 
@@ -96,6 +97,10 @@ def _mlflow(run_dir: Path):
     from transformers.integrations import MLflowCallback
 
     uri = mlflow_uri(run_dir)
+    if uri.startswith("file:"):
+        # MLflow 3 keeps its file store "in maintenance mode" and refuses it unless asked; a database
+        # store needs alembic and a server-side schema. A folder in the run is what a local user wants.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
     class RunMLflowCallback(MLflowCallback):
         """transformers' MLflow callback, pointed at this run's store (set per run, not once per process)."""

@@ -193,6 +193,7 @@ def test_tensorboard_and_mlflow_hold_the_logged_loss(store, small_alpaca):
     assert len(losses) == 3 and all(v == v for v in losses)
 
     result, run_dir = _train(store, RunConfig(report_to="mlflow", **base))
+    assert (run_dir / "mlruns").is_dir()
     client = MlflowClient(tracking_uri=mlflow_uri(run_dir))
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1
