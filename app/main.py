@@ -1,4 +1,4 @@
-"""The ``modelforge`` command: ui | train | validate | generate | models | export | serve | runs | info | hardware | doctor.
+"""The ``modelforge`` command: ui | train | validate | generate | evaluate | models | export | serve | runs | info | hardware | doctor.
 
 Exit codes: 0 success; 2 bad input or configuration (one clear message on stderr, no
 traceback); 1 an unexpected fault (the traceback goes to the app log file, one line on
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML run config (see assets/presets/)")
     train.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or interrupted run from its last checkpoint")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    train.add_argument("--more", metavar="RUN_ID",  # issue 16
+                       help="train a completed run more, from its last checkpoint (with --more-steps or "
+                            "--more-epochs): a new run of the same name, its model a new version")
+    train.add_argument("--more-steps", type=int, default=0, help="with --more: this many more optimizer steps")
+    train.add_argument("--more-epochs", type=float, default=0.0, help="with --more: this many more epochs")
     _add_config_flags(train)
 
     val = sub.add_parser("validate", help="check a data file before training")
@@ -151,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=None, help="key clients must send (or MODELFORGE_API_KEY)")
     srv.add_argument("--no-auth", action="store_true", help="allow a non-loopback server without a key")
     srv.add_argument("--max-tokens", type=int, default=512, help="upper bound of max_tokens per request (default 512)")
+    _add_evaluate_parser(sub)  # issue 16
 
     for name, text in (("models", "list trained models"), ("runs", "list training runs"),
                        ("info", "list providers, strategies and tasks, and whether each works here"),
@@ -191,7 +197,15 @@ def cmd_train(args) -> int:
     services = _services()
     store = services.store
     resume_from = None
-    if args.resume:
+    if getattr(args, "more", None):  # issue 16: train a completed run more
+        from core.train_more import prepare_more
+
+        try:
+            config, run_id, run_dir, resume_from = prepare_more(store, args.more, steps=args.more_steps,
+                                                                epochs=args.more_epochs)
+        except ModelForgeError as exc:
+            raise ConfigError(exc.message, exc.hint) from None
+    elif args.resume:
         try:
             config, run_dir, resume_from = resumable(store, args.resume)
         except ModelForgeError as exc:  # the same rule as the app's Resume, as a bad-input exit
@@ -546,9 +560,58 @@ def cmd_ui(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "generate": cmd_generate, "models": cmd_models,
-            "export": cmd_export, "serve": cmd_serve, "runs": cmd_runs, "info": cmd_info, "hardware": cmd_hardware,
-            "ui": cmd_ui, "doctor": cmd_doctor}
+# -- evaluate (issue 16): base vs tuned on held-out rows ------------------------------------------------
+def _add_evaluate_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="did the fine-tune help? base vs tuned on held-out rows",
+                        description="The base model and the tuned model answer the held-out prompts of the "
+                                    "model's run (or --dataset FILE), greedy with the same settings; each answer "
+                                    "is scored with the task's metrics. Bounded on a CPU by default.")
+    ev.add_argument("model", help="a model record id or name (modelforge models), or a model folder")
+    ev.add_argument("--dataset", help="evaluate on this file instead of the run's held-out rows")
+    ev.add_argument("--max-rows", type=int, default=None, help="rows to evaluate (default: 30 on a CPU, 200 on a GPU)")
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="longest generated answer (default: 64 on a CPU, 256 on a GPU)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from core.compare_eval import evaluate_model
+
+    store = _services().store
+    model_id = None
+    folder = Path(args.model).expanduser()
+    if not folder.is_dir():
+        rec = store.get_model(args.model)
+        folder, model_id = Path(rec.path), rec.id
+
+    def progress(done: int, total: int, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda s, f: stop.set())  # Ctrl-C: stop after this batch, keep the rows done
+    try:
+        result = evaluate_model(folder, dataset=args.dataset, max_rows=args.max_rows,
+                                max_new_tokens=args.max_new_tokens, store=store, model_id=model_id,
+                                progress=progress, stop_event=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(result.to_dict(), default=str))
+    else:
+        print(result.summary())
+        print(f"  bounds: {result.limits}")
+        names = sorted(set(result.base) | set(result.tuned))
+        print(_table([[n, f"{result.base.get(n, float('nan')):.4g}", f"{result.tuned.get(n, float('nan')):.4g}"]
+                      for n in names], ["metric", "base", "tuned"]))
+        print(f"predictions: {result.predictions}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "generate": cmd_generate, "evaluate": cmd_evaluate,
+            "models": cmd_models, "export": cmd_export, "serve": cmd_serve, "runs": cmd_runs, "info": cmd_info,
+            "hardware": cmd_hardware, "ui": cmd_ui, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -326,6 +326,12 @@ def build(ctx: AppContext) -> ModelsTab:
         export_table = gr.Dataframe(headers=VERIFY_HEADERS, value=None, interactive=False, wrap=True,
                                     label="Verification: llama.cpp vs transformers", elem_id="export-verification")
     message = gr.Markdown("", elem_id="models-message")
+    from components import evaluation_panel  # issue 16: base vs tuned, rows, predictions download
+
+    evaluation_panel.build(ctx, choice)
+    from components import runs_panel  # issue 16: several runs' curves, config diff and metrics
+
+    runs_panel.build(ctx)
 
     outputs = [table, empty, choice]
 

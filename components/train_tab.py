@@ -295,6 +295,20 @@ def stop_training(ctx: AppContext, run_id: str | None = None) -> dict:
                           "Stop works on a queued or running run")
 
 
+def train_more(ctx: AppContext, run_id: str | None, steps: int) -> dict:
+    """Continue a completed run ``steps`` more steps from its last checkpoint, as a new run (issue 16).
+
+    Raises:
+        ModelForgeError: no run chosen, not completed, no checkpoint.
+    """
+    from core.errors import NotFoundError
+
+    if not run_id:
+        raise NotFoundError("no run chosen", "pick a completed run in the Run list")
+    new_id = ctx.jobs.train_more(run_id, steps=steps)
+    return {"run_id": new_id, "message": f"Run {run_id} trains {steps} more steps as run {new_id}."}
+
+
 def resume_training(ctx: AppContext, run_id: str | None) -> dict:
     """Continue a stopped, interrupted or failed run from its last checkpoint.
 
@@ -371,6 +385,8 @@ class TrainTab:
     open_models: gr.Button
     outputs: list  # what view_outputs() fills
     attach: Any = None  # page-load handler, set by wire()
+    more: Any = None        # issue 16: "Train more" button and its steps
+    more_steps: Any = None
 
 
 def _plot(y: str, title: str, elem_id: str, color: str) -> gr.LinePlot:
@@ -392,6 +408,10 @@ def build(ctx: AppContext) -> TrainTab:
         resume = gr.Button("↻ Resume", elem_id="btn-resume", scale=1)
         runs = gr.Dropdown(choices=[], value=None, label="Run", elem_id="train-run", scale=4, allow_custom_value=True,
                            info="Shows the run training now; pick another to inspect it")
+    with gr.Row(equal_height=True):  # issue 16: continue a completed run from its last checkpoint
+        more_steps = gr.Number(value=50, precision=0, minimum=1, label="More steps", elem_id="train-more-steps",
+                               scale=1)
+        more = gr.Button("⏩ Train more (completed run, from its last checkpoint)", elem_id="btn-train-more", scale=3)
     status = gr.HTML(RunView().status_html(), elem_id="train-status")
     done = gr.Markdown("", elem_id="train-done")
     with gr.Row():
@@ -410,7 +430,8 @@ def build(ctx: AppContext) -> TrainTab:
     outputs = [state, status, done, open_playground, open_models, loss, eval_loss, lr, tps, log_box, runs]
     assert len(outputs) == len(OUTPUT_NAMES)
     return TrainTab(state=state, start=start, stop=stop, resume=resume, runs=runs, timer=timer,
-                    open_playground=open_playground, open_models=open_models, outputs=outputs)
+                    open_playground=open_playground, open_models=open_models, outputs=outputs,
+                    more=more, more_steps=more_steps)
 
 
 def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: bool) -> list:
@@ -467,6 +488,13 @@ def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) 
         s, view, _ = poll(ctx, new_state(run_id, follow=False), force=True)
         return view_outputs(ctx, s, view, True)
 
+    def _more(state, chosen, steps):
+        run_id = chosen or (state or {}).get("run_id")
+        result = train_more(ctx, run_id, int(steps or 0))
+        info(result["message"])
+        s, view, _ = poll(ctx, new_state(result["run_id"], follow=True), force=True)
+        return view_outputs(ctx, s, view, True)
+
     def _pick(chosen):
         s, view, _ = poll(ctx, new_state(chosen, follow=chosen == ctx.jobs.current), force=True)
         return view_outputs(ctx, s, view, False)
@@ -478,6 +506,8 @@ def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) 
     tab.stop.click(guard(_stop), tab.state, out, api_visibility="private", concurrency_limit=None)
     tab.resume.click(guard(_resume), [tab.state, tab.runs], out, api_visibility="private")
     tab.runs.input(guard(_pick), tab.runs, out, api_visibility="private", concurrency_limit=None)
+    if tab.more is not None:
+        tab.more.click(guard(_more), [tab.state, tab.runs, tab.more_steps], out, api_visibility="private")
     tab.attach = guard(_attach)  # run by app/ui.py on page load
 
 

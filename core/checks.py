@@ -144,7 +144,9 @@ def validate_config(config: RunConfig, check_paths: bool = True) -> list[Problem
         return problems + plugins + (exc.problems or [Problem(exc.message, exc.hint)])
     relations = [p for p in cfg.config_problems(after, check_paths, choices)
                  if p not in problems]  # the field checks ran on the config as given
-    return problems + relations + plugins
+    from core.trackers import tracker_problems  # issue 16: trackers installed, early stopping has eval rows
+
+    return problems + relations + plugins + tracker_problems(after)
 
 
 def check_config(config: RunConfig, check_paths: bool = True) -> RunConfig:

@@ -223,6 +223,29 @@ class RunConfig:
         100, "Save a checkpoint every N steps (stop and resume use them).", "evaluation", min=1
     )
     save_total_limit: int = _f(2, "Keep at most this many checkpoints.", "evaluation", min=1)
+    # issue 16 (core/compare_eval.py, core/trackers.py): base-vs-tuned comparison, early stopping, trackers
+    compare_after_training: bool = _f(
+        True,
+        "After a run with validation rows, the base and the tuned model answer the held-out prompts "
+        "(greedy) and are scored with the task's metrics (Models tab, `modelforge evaluate`).",
+        "evaluation",
+    )
+    compare_max_rows: int = _f(
+        0, "Rows that comparison evaluates (0: automatic: 16 on a CPU, 200 on a GPU).", "evaluation", min=0)
+    compare_max_new_tokens: int = _f(
+        0, "Longest answer generated for that comparison (0: automatic: 48 tokens on a CPU, 256 on a GPU).",
+        "evaluation", min=0)
+    early_stopping_patience: int = _f(
+        0,
+        "Stop when the eval loss has not improved for this many evaluations (0: off), and keep the best "
+        "checkpoint as the model. Needs validation rows; checkpoints are then saved at each evaluation.",
+        "evaluation", min=0)
+    report_to: str = _f(
+        "none",
+        "Also log to a tracker: 'tensorboard' (event files in RUN_DIR/tensorboard), 'mlflow' (a local "
+        "store in RUN_DIR/mlruns unless MLFLOW_TRACKING_URI is set), 'wandb' (offline unless WANDB_MODE "
+        "says otherwise). 'none': no tracker, no network.",
+        "evaluation", choices=("none", "tensorboard", "mlflow", "wandb"))
     # --- output ----------------------------------------------------------------------------------
     name: str = _f(
         "", "Name of the run and of the model it makes (letters, digits, . _ -). Empty: automatic.",

@@ -19,6 +19,7 @@ from typing import Any
 
 from core import distributed
 from core.checks import adjusted, check_config, preflight, validate_data  # noqa: F401 (preflight: re-exported)
+from core.compare_eval import MAX_EVAL_ROWS
 from core.config import RunConfig, save_yaml
 from core.errors import DataError, ModelForgeError, NotAvailableError, TrainingError
 from core.events import EventLog
@@ -71,6 +72,8 @@ def load_data(config: RunConfig, tokenizer: Any) -> tuple[list, list, Any]:
     if config.max_samples:
         examples = examples[: config.max_samples]
     train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
+    if len(evaluation) > MAX_EVAL_ROWS:  # issue 16: a share of a big data set is plenty at a few hundred rows
+        train, evaluation = train + evaluation[MAX_EVAL_ROWS:], evaluation[:MAX_EVAL_ROWS]
     return train, evaluation, report
 
 
@@ -179,7 +182,8 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
     events.emit("log", message=f"validating {config.dataset}")
     train_rows, eval_rows, report = load_data(config, tokenizer)
     events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
-                               f"(format: {report.format})")
+                               f"(validation_split {config.validation_split:g}, at most {MAX_EVAL_ROWS}; "
+                               f"format: {report.format})")
     device = _device()
     ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
                        train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,
@@ -188,6 +192,9 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
     callback = EventCallback(events, store, run_id, stop_event)
     ctx.callbacks.append(callback)
     ctx.callbacks.append(_nan_guard())
+    from core.trackers import callbacks as extra_callbacks  # issue 16: early stopping, trackers
+
+    ctx.callbacks += extra_callbacks(config, run_dir, bool(eval_rows))
     # The adapter's random initial weights come from the seed, not from whatever ran before in
     # this process: a run is reproducible, and every process of a multi-process run starts alike.
     from transformers import set_seed
@@ -214,8 +221,13 @@ def _finish(ctx: TrainContext, store: RecordStore, events: EventLog, callback: A
     store.add_metrics(run_id, callback.step, {f"final_{k}": v for k, v in metrics.items()})
     # In a multi-process run only rank 0 writes the model card and record (the others return).
     model_id = _write_model(config, ctx, store, run_id, metrics) if distributed.is_main_process() else None
+    from core.compare_eval import after_run  # issue 16: base vs tuned on the held-out rows
+    from core.train_more import mark_model
+
+    mark_model(run_dir)  # a continuation ("train more"): its card names the run it continues
+    evaluation = after_run(ctx, store, events, model_id) if model_id else None
     events.emit("finished", step=callback.step, total_steps=callback.total, metrics=metrics,
-                model_id=model_id, model_dir=str(ctx.model_dir))
+                model_id=model_id, model_dir=str(ctx.model_dir), evaluation=evaluation)
     return RunResult(run_id, "completed", str(run_dir), model_id=model_id, metrics=metrics)
 
 

@@ -144,6 +144,22 @@ class JobManager:
             self._enqueue(_Job(config, run_id, run_dir, resume_from=ckpt))
         return run_id
 
+    def train_more(self, run_id: str, steps: int = 0, epochs: float = 0.0) -> str:
+        """Queue the continuation of a completed run (issue 16, core.train_more); its new run id.
+
+        Raises:
+            ModelForgeError: not completed, no checkpoint, nothing more asked; BusyError: queue full.
+        """
+        from core.train_more import prepare_more
+
+        with self._lock:
+            if self._current and len(self._waiting) >= self.max_queue:
+                raise BusyError(f"run {self._current} is training", "wait for it to finish or stop it")
+            config, new_id, run_dir, ckpt = prepare_more(self.store, run_id, steps=steps, epochs=epochs)
+            self._configs[new_id] = config.to_dict()
+            self._enqueue(_Job(config, new_id, run_dir, resume_from=ckpt))
+        return new_id
+
     def _enqueue(self, job: _Job) -> None:
         events = EventLog(job.run_id)
         self._logs[job.run_id] = events

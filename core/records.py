@@ -112,6 +112,29 @@ class MetricPoint(SQLModel, table=True):
     value: float
 
 
+class Evaluation(SQLModel, table=True):
+    """One base-vs-tuned evaluation of a model (core.compare_eval): its summary and where its
+    per-row predictions are. A new table (no migration step: ``_prepare_schema`` creates tables
+    that are missing)."""
+
+    id: str = Field(primary_key=True)
+    model_id: str = Field(default="", index=True)
+    run_id: str = Field(default="", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    dataset: str = ""
+    kind: str = ""
+    rows: int = 0
+    better: int = 0
+    worse: int = 0
+    same: int = 0
+    primary: str = ""
+    base: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    tuned: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    predictions: str = ""
+    summary: str = ""
+    details: dict = Field(default_factory=dict, sa_column=Column(JSON))
+
+
 class Meta(SQLModel, table=True):
     key: str = Field(primary_key=True)
     value: str
@@ -426,6 +449,22 @@ class RecordStore:
         with Session(self.engine) as s:
             return list(s.exec(select(MetricPoint).where(MetricPoint.run_id == run_id)
                                .order_by(MetricPoint.step, MetricPoint.id)))
+
+    # -- evaluations (base vs tuned, core.compare_eval) ------------------------------------------------
+    def add_evaluation(self, rec: "Evaluation") -> None:
+        with Session(self.writer, expire_on_commit=False) as s:  # the caller reads rec afterwards
+            s.add(rec)
+            s.commit()
+
+    def evaluations(self, model_id: str | None = None, run_id: str | None = None) -> list["Evaluation"]:
+        """Evaluations, newest first, of one model or one run (or all)."""
+        with Session(self.engine) as s:
+            q = select(Evaluation)
+            if model_id:
+                q = q.where(Evaluation.model_id == model_id)
+            if run_id:
+                q = q.where(Evaluation.run_id == run_id)
+            return list(s.exec(q.order_by(Evaluation.created_at.desc())))
 
     # -- models -------------------------------------------------------------------------------------
     def list_models(self) -> list[ModelRecord]:

@@ -89,6 +89,9 @@ def training_kwargs(ctx: "TrainContext", *, lora: bool = True) -> dict[str, Any]
         kw["ddp_find_unused_parameters"] = False
     if has_eval and c.eval_steps:
         kw["eval_steps"] = c.eval_steps
+    from core.trackers import early_stopping_kwargs  # checkpoints at each evaluation, best one kept
+
+    kw.update(early_stopping_kwargs(c, has_eval))
     return kw
 
 
@@ -167,7 +170,23 @@ def train_save_evaluate(trainer, ctx: "TrainContext", eval_ds, **metrics) -> dic
     if ctx.stopped():
         return {}
     save(trainer, ctx)
+    best = best_step(trainer)
+    if best is not None:  # early stopping: the model is the best checkpoint's, evaluate that one
+        from core.evaluation import quality_metrics
+
+        found = {k: v for k, v in quality_metrics(trainer.evaluate()).items() if k.startswith("eval_")}
+        return {"train_loss": last_train_loss(trainer), "best_step": best, **found}
     return {"train_loss": last_train_loss(trainer), **final_metrics(trainer, eval_ds, **metrics)}
+
+
+def best_step(trainer) -> int | None:
+    """The step of the best checkpoint, when the run kept the best one (early stopping)."""
+    import re
+
+    if not getattr(trainer.args, "load_best_model_at_end", False):
+        return None
+    found = re.search(r"checkpoint-(\d+)$", str(trainer.state.best_model_checkpoint or ""))
+    return int(found.group(1)) if found else None
 
 
 def fit_preference(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
