@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def public(tmp_path_factory, demo_model):
         assert running.share_url is None  # offline: no tunnel, served locally, still in public mode
         assert services is not None and running.app.state.modelforge.restrict_paths
         client = Client(running.url, auth=(USER, PASSWORD), verbose=False)
-        yield running.url, client, services.store, paths
-        client.close()
+        try:
+            yield running.url, client, services.store, paths
+        finally:
+            client.close()
+            shutil.rmtree(foreign_dir, ignore_errors=True)  # Gradio's temp folder outlives the test
 
 
 def _hostile_names(p: dict) -> list[str]:
