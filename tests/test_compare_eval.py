@@ -237,3 +237,22 @@ def test_train_more_continues_at_the_next_step_and_runs_compare_side_by_side(sto
     assert any(row[0] == "max_steps" and row[1:] == ["3", "5"] for row in d["config_diff"])
     assert {p["run"] for p in d["curves"]} == {h for h in d["config_headers"][1:]}
     assert any(row[0] == "train_loss" for row in d["metrics"])
+
+
+def test_cli_train_more(mf_home, small_alpaca, capsys):
+    from app.main import main
+
+    common = ["--json"]
+    assert main(["train", "--model", "demo", "--dataset", str(small_alpaca), "--max-steps", "3", "--batch-size", "2",
+                 "--max-length", "64", "--logging-steps", "1", "--validation-split", "0", "--name", "cli-more",
+                 *common]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", "--more", first["run_id"], "--more-steps", "2", *common]) == 0
+    more = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert more["status"] == "completed" and more["run_id"] != first["run_id"]
+    from pathlib import Path
+
+    steps = [e.step for e in read_events(Path(more["output_dir"]) / "events.jsonl") if e.type == "step"]
+    assert steps[0] == 4 and steps[-1] == 5
+    card = json.loads((Path(more["model_dir"]) / "modelforge.json").read_text())
+    assert card["continues"]["run_id"] == first["run_id"] and card["continues"]["from_step"] == 3
