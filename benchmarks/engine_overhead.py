@@ -60,9 +60,12 @@ class StepClock:
         raise AttributeError(name)
 
     def on_train_begin(self, args, state, control, **kw):
+        # Not compared: completion_only_loss. The plain script masks the prompt with trl's
+        # completion_only_loss; ModelForge hands trl input_ids + labels with its own mask (core.data.chat,
+        # every assistant turn), so the flag is unset there. Both train the completion tokens only.
         keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
                 "max_steps", "logging_steps", "seed", "bf16", "fp16", "max_length", "packing", "packing_strategy",
-                "padding_free", "completion_only_loss", "train_sampling_strategy", "gradient_checkpointing",
+                "padding_free", "train_sampling_strategy", "gradient_checkpointing",
                 "weight_decay", "warmup_steps")
         self.args = {k: getattr(args, k, None) for k in keys}
         self.args["lr_scheduler_type"] = str(self.args["lr_scheduler_type"])
