@@ -554,7 +554,14 @@ def evaluate_model(model_dir: str | Path, *, dataset: str | None = None, max_row
     """
     from core.config import RunConfig
     from core.inference import load_model, read_card
+    from core.limits import int_in_range
 
+    # Bounds come from the CLI, the Models tab and scripts: refuse nonsense before loading anything
+    # (0 or -1 rows used to mean "the default", and -5 tokens failed inside generate()).
+    if max_rows is not None:
+        max_rows = int_in_range(max_rows, "max_rows", 1, 100_000)
+    if max_new_tokens is not None:
+        max_new_tokens = int_in_range(max_new_tokens, "max_new_tokens", 1, 2048)
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     if not card.get("config"):

@@ -71,6 +71,19 @@ def test_cli_evaluate_json(identity, capsys):
     assert len(services.store.evaluations(model_id=result.model_id)) == 2    # recorded too
 
 
+def test_cli_evaluate_refuses_bad_bounds_before_loading(identity, capsys):
+    """0 or negative rows used to mean "the default", negative tokens failed inside generate()."""
+    from app.main import main
+
+    services, result, run_dir = identity
+    before = len(services.store.evaluations(model_id=result.model_id))
+    for flag, value in (("--max-rows", "0"), ("--max-rows", "-1"), ("--max-new-tokens", "-5")):
+        assert main(["evaluate", result.model_id, flag, value]) == 2, (flag, value)
+        err = capsys.readouterr().err
+        assert flag.lstrip("-").replace("-", "_") in err and "internal error" not in err, err
+    assert len(services.store.evaluations(model_id=result.model_id)) == before  # nothing recorded
+
+
 @pytest.mark.slow
 def test_cli_evaluate_on_a_file_and_bounded_by_default(identity, capsys, tmp_path):
     from app.main import main
