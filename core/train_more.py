@@ -27,8 +27,11 @@ def prepare_more(store: Any, run_id: str, *, steps: int = 0, epochs: float = 0.0
     Raises:
         ModelForgeError: the run is not completed, has no checkpoint, or neither steps nor epochs > 0.
     """
-    if steps <= 0 and epochs <= 0:
-        raise ModelForgeError("say how much more to train", "give --steps N (or --epochs N) greater than 0")
+    import math
+
+    if not math.isfinite(float(epochs)) or epochs < 0 or steps < 0 or (steps <= 0 and epochs <= 0):
+        raise ModelForgeError("say how much more to train: a whole number of steps or a finite number of epochs "
+                              "greater than 0", "CLI: --more-steps N or --more-epochs N; Train tab: the steps box")
     run = store.get_run(run_id)
     if run.status != "completed":
         raise ModelForgeError(f"run {run_id} is {run.status}, not completed",

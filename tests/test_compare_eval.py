@@ -269,3 +269,13 @@ def test_cli_train_more(mf_home, small_alpaca, capsys):
     assert steps[0] == 4 and steps[-1] == 5
     card = json.loads((Path(more["model_dir"]) / "modelforge.json").read_text())
     assert card["continues"]["run_id"] == first["run_id"] and card["continues"]["from_step"] == 3
+
+
+@pytest.mark.parametrize("steps,epochs", [(0, 0.0), (-3, 0.0), (0, float("nan")), (0, float("inf")), (0, -1.0)])
+def test_train_more_refuses_nothing_negative_or_non_finite_before_any_lookup(steps, epochs):
+    from core.errors import ModelForgeError
+    from core.train_more import prepare_more
+
+    with pytest.raises(ModelForgeError) as err:
+        prepare_more(None, "any-run", steps=steps, epochs=epochs)  # no store needed: refused first
+    assert "--more-steps" in err.value.hint
