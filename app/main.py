@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -41,22 +42,62 @@ def _quiet_libraries() -> None:
 
 
 # -- argument parsing ---------------------------------------------------------------------------------
+# The --help heading of each RunConfig section (the Configure tab's accordions, in CLI words).
+SECTION_HEADINGS = {
+    "model": "model", "data": "data", "lora": "LoRA and quantisation", "training": "training",
+    "evaluation": "evaluation and checkpoints", "output": "output",
+    "distributed": "several GPUs or machines",
+}
+# Placeholders a person can read in `train --help` (argparse's default is the dest, CFG_LORA_R).
+_METAVARS = {"model": "MODEL", "reward_model": "MODEL", "dataset": "FILE", "output_dir": "DIR",
+             "name": "NAME", "learning_rate": "RATE", "chat_template": "TEMPLATE",
+             "lora_target_modules": "MODULES", "main_process_ip": "ADDRESS", "main_process_port": "PORT",
+             "system_prompt": "TEXT", "seed": "N"}
+_MANY_CHOICES = 5  # more than this: a short placeholder, the choices listed in the help instead
+
+
+def _first_sentence(text: str) -> str:
+    """The help's first sentence: `train --help` lists ~55 flags, the form shows the full text."""
+    match = re.search(r"(?<=[.!?])\s+(?=[A-Z'(])", text)
+    return text[:match.start()] if match else text
+
+
+def _config_flag_kwargs(f: Any) -> dict[str, Any]:
+    """argparse keywords for one RunConfig field: a readable metavar and a one-sentence help."""
+    default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "dict":
+        default = ",".join(f"{k}={v}" for k, v in default.items())
+    help_text = _first_sentence(f.metadata["help"])
+    kwargs: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None}
+    choices = field_choices(f)
+    if choices:
+        kwargs["choices"] = choices
+        if len(choices) > _MANY_CHOICES:
+            kwargs["metavar"] = f.name.split("_")[-1].upper()
+            help_text += f" One of: {', '.join(choices)}."
+    elif kind == "bool":
+        kwargs["metavar"] = "{true,false}"
+    elif kind == "dict":
+        kwargs["metavar"] = "KEY=VALUE,..."
+    else:
+        kwargs["metavar"] = _METAVARS.get(f.name, {"int": "N", "float": "X"}.get(kind, "TEXT"))
+    if isinstance(default, bool):
+        default = str(default).lower()  # what the flag takes
+    if default not in ("", None):
+        help_text += f" (default: {default})"
+    kwargs["help"] = help_text.replace("%", "%%")  # argparse formats help with %
+    return kwargs
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field, grouped by section, help text from the field's metadata."""
     groups: dict[str, Any] = {}
     for f in fields(RunConfig):
         section = f.metadata["section"]
-        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
-        help_text = f.metadata["help"] + f" (default: {default if default != '' else 'none'})"
-        kwargs: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None, "help": help_text}
-        choices = field_choices(f)
-        if choices:
-            kwargs["choices"] = choices
-        if f.type in ("bool", bool):
-            kwargs["metavar"] = "{true,false}"
-        group.add_argument(flag, **kwargs)
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{SECTION_HEADINGS.get(section, section)} options")
+        groups[section].add_argument("--" + f.name.replace("_", "-"), **_config_flag_kwargs(f))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,16 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow a share link or Space without a login (not recommended)")
 
     train = sub.add_parser("train", help="fine-tune a model (flags override --config)",
-                           description="Fine-tune a model. Every field of the run config is a flag; "
-                                       "flags override values from --config.")
-    train.add_argument("--config", help="YAML run config (see assets/presets/)")
+                           usage="modelforge train [--config FILE] [--FIELD VALUE ...] [--json]\n"
+                                 "       modelforge train --resume RUN_ID | --more RUN_ID --more-steps N",
+                           description="Fine-tune a model. Every field of the run config is a flag "
+                                       "(grouped below as in the Configure tab); flags override values "
+                                       "from --config. The app's Configure tab shows each field's full help.")
+    train.add_argument("--config", metavar="FILE", help="YAML run config (see assets/presets/)")
     train.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or interrupted run from its last checkpoint")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     train.add_argument("--more", metavar="RUN_ID",  # issue 16
                        help="train a completed run more, from its last checkpoint (with --more-steps or "
                             "--more-epochs): a new run of the same name, its model a new version")
-    train.add_argument("--more-steps", type=int, default=0, help="with --more: this many more optimizer steps")
-    train.add_argument("--more-epochs", type=float, default=0.0, help="with --more: this many more epochs")
+    train.add_argument("--more-steps", type=int, default=0, metavar="N", help="with --more: this many more optimizer steps")
+    train.add_argument("--more-epochs", type=float, default=0.0, metavar="X", help="with --more: this many more epochs")
     _add_config_flags(train)
 
     val = sub.add_parser("validate", help="check a data file before training")
