@@ -1,7 +1,7 @@
 """Configure tab: the run configuration as a form generated from :class:`core.config.RunConfig`.
 
 Each field of RunConfig becomes one widget, chosen from its type and ``metadata``: a Dropdown
-for ``choices``, a Number with ``min``/``max`` for numbers, a Checkbox for booleans, a Textbox
+for ``choices``, a Number for numbers (bounds checked by parse_config, not the browser), a Checkbox for booleans, a Textbox
 for text and for mappings (written ``a=b,c=d``). Sections come from ``metadata["section"]``.
 Values go back through ``core.checks.parse_config`` (the one parser, also of YAML and the CLI), so no
 number is ever parsed out of a textbox here, and every bad field is reported at once.
@@ -20,7 +20,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import (AppContext, default_config, endpoint, guard, load_preset,
+from components.common import (AppContext, default_config, endpoint, guard, info, load_preset,
                                mapping_to_text, preset_names, problems_markdown, public_problems, resolve_dataset)
 from core.checks import field_choices, parse_config
 from core.config import RunConfig, config_fields, from_yaml, to_command, to_yaml
@@ -86,6 +86,46 @@ def config_from_mapping(overrides: dict | None, base: RunConfig | None = None) -
         ConfigError: unknown fields or values of the wrong type.
     """
     return parse_config(overrides, base or default_config(), source="config")
+
+
+def form_problems(values: list[Any] | tuple) -> tuple[RunConfig | None, list[Problem]]:
+    """(the config, []) when every field of the form parses, else (None, the problems by field)."""
+    try:
+        return values_to_config(values), []
+    except ConfigError as exc:
+        return None, list(exc.problems) or [Problem(exc.message, exc.hint)]
+
+
+def field_problems_markdown(problems: list[Problem]) -> str:
+    """One line per bad field: its label, what is wrong and the fix ('' when none)."""
+    lines = []
+    for p in problems:
+        message = p.message
+        if p.field and message.startswith(f"{p.field}: "):
+            message = message[len(p.field) + 2:]  # coerce() repeats the field name: say it once
+        where = f"**{field_label(p.field)}** (`{p.field}`): " if p.field in FIELD_NAMES else ""
+        lines.append(f"- {where}{message}" + (f" — {p.hint}" if p.hint else ""))
+    return "\n".join(lines)
+
+
+def field_marks_html(problems: list[Problem]) -> str:
+    """A style rule that outlines each bad field in red (an empty string clears the marks).
+
+    One small HTML output instead of an update of every form widget on each keystroke.
+    """
+    ids = [f"#cfg-{p.field.replace('_', '-')}" for p in problems if p.field in FIELD_NAMES]
+    if not ids:
+        return ""
+    inputs = ", ".join(f"{i} input, {i} textarea" for i in ids)
+    labels = ", ".join(f"{i} [data-testid='block-info']" for i in ids)
+    return (f"<style>{inputs} {{ outline: 2px solid #dc2626 !important; background: #fef2f2 !important; }} "
+            f"{labels} {{ color: #b91c1c !important; }}</style>")
+
+
+def form_feedback(values: list[Any] | tuple) -> tuple[RunConfig | None, str, str]:
+    """(config or None, the bad-field message, the field marks) for the form's values."""
+    config, problems = form_problems(values)
+    return config, field_problems_markdown(problems), field_marks_html(problems)
 
 
 def command_text(config: RunConfig) -> str:
@@ -206,9 +246,11 @@ def field_component(f: dataclasses.Field, value: Any) -> gr.components.Component
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if kind in ("int", "float"):
-        return gr.Number(value=value, precision=0 if kind == "int" else None, minimum=meta.get("min"),
-                         maximum=meta.get("max"), step=1 if kind == "int" else _STEPS.get(f.name, 0.01),
-                         **common)
+        # No minimum/maximum here: Gradio would refuse an out-of-range value itself, with a toast
+        # that names no field and a traceback in the terminal. core.checks.parse_config checks the
+        # bounds (the field's metadata) and the form marks the field (see field_problems_view).
+        return gr.Number(value=value, precision=0 if kind == "int" else None,
+                         step=1 if kind == "int" else _STEPS.get(f.name, 0.01), **common)
     if kind == "dict":
         return gr.Textbox(value=mapping_to_text(value), placeholder="key=value,key2=value2", **common)
     return gr.Textbox(value=value, **common)
@@ -222,6 +264,8 @@ class ConfigureTab:
     command: gr.Code
     report: gr.Markdown
     check: gr.Button
+    field_errors: gr.Markdown  # the one message about bad fields (see form_feedback)
+    marks: gr.HTML             # the red outline of those fields
 
 
 def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
@@ -234,7 +278,8 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
     with gr.Row(equal_height=True):
         preset = gr.Dropdown(choices=preset_names(), value=None, label="Preset",
                              info="Load a ready-made configuration", elem_id="cfg-preset", scale=4)
-        load_btn = gr.Button("Load preset", elem_id="btn-load-preset", scale=1)
+        # Disabled until a preset is chosen: loading "nothing" has no meaning (choosing one loads it too).
+        load_btn = gr.Button("Load preset", elem_id="btn-load-preset", scale=1, interactive=False)
     with gr.Accordion("Save or load a YAML file", open=False, elem_id="cfg-yaml"):
         with gr.Row():
             yaml_in = gr.File(label="Load a YAML config", file_types=[".yaml", ".yml"], type="filepath",
@@ -253,6 +298,8 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
                 for f in fs:
                     by_name[f.name] = field_component(f, values[f.name])
     inputs = [by_name[n] for n in FIELD_NAMES]
+    marks = gr.HTML("", elem_id="cfg-field-marks", padding=False)
+    field_errors = gr.Markdown("", elem_id="cfg-field-problems")
     with gr.Row():
         check = gr.Button("Check configuration", variant="secondary", elem_id="btn-preflight")
     report = gr.Markdown("Press **Check configuration** to validate the settings and the data and to "
@@ -261,39 +308,44 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
                       interactive=False, elem_id="cfg-command")
 
     def _load_preset(name):
-        if not name:
-            raise ConfigError("choose a preset first", f"presets: {', '.join(preset_names())}")
+        if not name:  # the button is disabled then; an API caller still gets an answer, once
+            info("Choose a preset first.")
+            return [gr.skip()] * (len(inputs) + 3)
         cfg = load_preset(name)
-        return [*config_to_values(cfg), command_text(cfg)]
+        return [*config_to_values(cfg), command_text(cfg), "", ""]
 
     def _load_yaml(path):
         if not path:
-            return [gr.skip()] * (len(inputs) + 1)
+            return [gr.skip()] * (len(inputs) + 3)
         cfg = load_yaml_file(path)
-        return [*config_to_values(cfg), command_text(cfg)]
+        return [*config_to_values(cfg), command_text(cfg), "", ""]
 
     def _save_yaml(*vals):
         return save_yaml_file(values_to_config(vals))
 
     def _command(*vals):
-        try:
-            return command_text(values_to_config(vals))
-        except ConfigError:
-            return gr.skip()  # a half-typed number: keep the last valid command
+        cfg, errors, css = form_feedback(vals)
+        # A bad field keeps the last valid command: the box never blanks while a number is typed.
+        return (command_text(cfg) if cfg else gr.skip()), errors, css
 
     def _check(*vals):
-        cfg = values_to_config(vals)
-        return run_preflight(ctx, cfg).markdown(), command_text(cfg)
+        cfg, errors, css = form_feedback(vals)
+        if cfg is None:
+            return ("### ❌ Fix the field marked in red first", gr.skip(), errors, css)
+        return run_preflight(ctx, cfg).markdown(), command_text(cfg), "", ""
 
-    load_btn.click(guard(_load_preset), preset, [*inputs, command], api_visibility="private")
-    preset.input(guard(_load_preset), preset, [*inputs, command], api_visibility="private")
-    yaml_in.upload(guard(_load_yaml), yaml_in, [*inputs, command], api_visibility="private")
+    loaded = [*inputs, command, field_errors, marks]
+    load_btn.click(guard(_load_preset), preset, loaded, api_visibility="private")
+    preset.input(guard(_load_preset), preset, loaded, api_visibility="private")
+    preset.change(lambda name: gr.Button(interactive=bool(name)), preset, load_btn, api_visibility="private",
+                  show_progress="hidden")
+    yaml_in.upload(guard(_load_yaml), yaml_in, loaded, api_visibility="private")
     save_btn.click(guard(_save_yaml), inputs, yaml_out, api_visibility="private")
-    check.click(guard(_check), inputs, [report, command], api_visibility="private")
-    gr.on([c.input for c in inputs], _command, inputs, command, trigger_mode="always_last",
-          show_progress="hidden", api_visibility="private")
+    check.click(guard(_check), inputs, [report, command, field_errors, marks], api_visibility="private")
+    gr.on([c.input for c in inputs], guard(_command), inputs, [command, field_errors, marks],
+          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
     return ConfigureTab(inputs=inputs, by_name=by_name, preset=preset, command=command, report=report,
-                        check=check)
+                        check=check, field_errors=field_errors, marks=marks)
 
 
 def refresh_command(*vals) -> Any:

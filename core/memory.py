@@ -341,7 +341,7 @@ class MemoryEstimate:
             quant = "as fp32 master weights (full fine-tune)"
         how = ("full fine-tune" if s["full_finetune"]
                else f"LoRA r={s['lora_r']} on {s['lora_targets']}")
-        gib = lambda v: f"{v / GIB:7.2f} GiB"  # noqa: E731
+        gib = _size_text
         adapters = ("none (full fine-tune)" if s["full_finetune"]
                     else f"{_human_count(self.trainable_params)} trainable parameters in fp32")
         lines = [
@@ -355,12 +355,22 @@ class MemoryEstimate:
             + ("AdamW: two fp32 states per trainable parameter" if s["optimizer"] == "adamw"
                else "8-bit AdamW: two 1-byte states per trainable parameter"),
             f"  activations {gib(self.activations)}  kept for the backward pass, of which logits "
-            f"{self.logits / GIB:.2f} GiB",
+            f"{gib(self.logits).strip()}",
             f"  overhead    {gib(self.overhead)}  "
             + ("the Python + torch process + 20% allocator margin" if s.get("device") == "cpu"
                else "runtime/CUDA context + 10% margin"),
         ]
         return lines
+
+
+def _size_text(n: float) -> str:
+    """A memory size for the breakdown, right-aligned: GiB from 1 GiB, else MB or KB, so that a
+    small model's parts do not all read "0.00 GiB"."""
+    if n >= GIB:
+        return f"{n / GIB:7.2f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:7.0f} MB "
+    return f"{n / 2**10:7.0f} KB "
 
 
 def _human_count(n: int) -> str:

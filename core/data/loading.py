@@ -115,6 +115,13 @@ def _err(message: str, hint: str, file: str, line: int | None = None,
     return DataError(f"{file}: {message}", hint, problems=problems)
 
 
+def _column_text(exc: json.JSONDecodeError) -> str:
+    """Where on its line a JSON error is: "column 12", or "column 47, the end of the line"."""
+    line_end = exc.doc.find("\n", exc.pos)
+    at_end = exc.pos >= len(exc.doc.rstrip()) if line_end < 0 else not exc.doc[exc.pos:line_end].strip()
+    return f"column {exc.colno}" + (", the end of the line" if at_end else "")
+
+
 def _binary_check(head: bytes, file: str) -> None:
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
@@ -169,11 +176,13 @@ def _load_jsonl(p: Path, file: str, max_rows: int | None) -> LoadedData:
             if not line.strip():
                 continue
             try:
-                obj = loads(line)
+                # Without the line break: an object cut short is reported at its own line's end,
+                # not as "column 1" of the next line.
+                obj = loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 n_broken += 1
                 if n_broken <= MAX_LISTED:
-                    broken.append(Problem(f"invalid JSON: {exc.msg} (column {exc.colno})",
+                    broken.append(Problem(f"invalid JSON: {exc.msg} ({_column_text(exc)})",
                                           "fix or delete this line; each line must be one JSON object",
                                           file=file, line=lineno))
                 continue
@@ -197,8 +206,13 @@ def _load_jsonl(p: Path, file: str, max_rows: int | None) -> LoadedData:
         if n_broken > MAX_LISTED:
             broken.append(Problem(f"... and {n_broken - MAX_LISTED} more broken lines", file=file))
         first = broken[0].line
-        raise _err(f"{n_broken} line(s) are not JSON objects (first: line {first})",
-                   "fix or delete the lines listed", file, problems=broken)
+        error = _err(f"{n_broken} line(s) are not JSON objects (first: line {first})",
+                     "fix or delete the lines listed", file, problems=broken)
+        # The good rows too: validation counts them and detects the format from them, so the
+        # report says "90 rows read, line 3 broken" instead of "0 rows, format not detected".
+        # Training still refuses the file (this error), so a broken line is never skipped silently.
+        error.partial = LoadedData(file, rows, lines, "line")
+        raise error
     if not rows:
         raise _empty_error(file)
     return LoadedData(file, rows, lines, "line")
@@ -224,7 +238,7 @@ def _load_json(p: Path, file: str, max_rows: int | None) -> LoadedData:
     except json.JSONDecodeError as exc:
         if _looks_like_jsonl(text):
             return _load_jsonl(p, file, max_rows)
-        raise _err(f"not valid JSON: {exc.msg} (column {exc.colno})",
+        raise _err(f"not valid JSON: {exc.msg} ({_column_text(exc)})",
                    "fix the JSON syntax there (a missing comma or quote is the usual cause)",
                    file, exc.lineno) from None
     rows, details = _rows_from_json(obj, file)

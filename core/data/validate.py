@@ -126,6 +126,14 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.errors and self.usable_rows >= self.min_rows
 
+    def broken_text(self) -> str:
+        """ " (+ 1 broken line: line 3)" when lines could not be read at all ('' otherwise)."""
+        n = self.details.get("broken_lines")
+        if not n:
+            return ""
+        first = next((p.line for p in self.errors if p.line is not None), None)
+        return f" (+ {n} broken line{'s' if n > 1 else ''}" + (f", first: line {first})" if first else ")")
+
     def to_dict(self) -> dict:
         """JSON-serialisable (no examples)."""
         return {
@@ -142,7 +150,7 @@ class ValidationReport:
         out = [f"Data: {self.file}",
                (f"Format: {self.format} -> {self.kind}" if self.format else "Format: not detected")
                + (f" ({self.details['converted']})" if "converted" in self.details else ""),
-               f"Rows: {self.rows} read, {self.usable_rows} usable"]
+               f"Rows: {self.rows} read, {self.usable_rows} usable" + self.broken_text()]
         if "unanswerable" in self.details:
             out.append(f"Unanswerable questions: {self.details['unanswerable']}")
         if self.lengths:
@@ -193,7 +201,16 @@ def validate_file(path: str | Path, *, requirement: Requirement, dataset_format:
         report.requirement = requirement.description
         data = load_rows(path, max_rows=max_rows, **({"chunk_chars": text_chunk_chars} if text_chunk_chars else {}))
     except DataError as exc:
-        report.problems += _problems_of(exc, str(path))
+        partial = getattr(exc, "partial", None)  # JSON Lines with broken lines: check the good ones
+        if partial is None or not partial.rows:
+            report.problems += _problems_of(exc, str(path))
+            return report
+        report = validate_rows(partial.rows, file=partial.file, lines=partial.lines, unit=partial.unit,
+                               requirement=requirement, dataset_format=dataset_format, column_map=column_map,
+                               template_vars=template_vars, system_prompt=system_prompt, tokenizer=tokenizer,
+                               max_length=max_length, min_rows=min_rows, seed=seed, render=render)
+        report.problems[:0] = _problems_of(exc, str(path))
+        report.details["broken_lines"] = len([p for p in exc.problems if p.line is not None])
         return report
     return validate_rows(data.rows, file=data.file, lines=data.lines, unit=data.unit,
                          requirement=requirement, dataset_format=dataset_format, column_map=column_map,
