@@ -127,8 +127,9 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         def _apply(choice, task, *vals):
             report = hardware_tab.probe_report()
             recs, note = hardware_tab.recommendations(report, task or "text-generation")
-            new = hardware_tab.apply_recommendation(recs, choice, task or "text-generation", to_config(vals))
-            gr.Info(f"Applied {choice} to Configure: check the settings, then Start in Train.")
+            current = to_config(vals)
+            new = hardware_tab.apply_recommendation(recs, choice, task or "text-generation", current)
+            gr.Info(hardware_tab.apply_message(choice, current, new))
             return [*configure_tab.config_to_values(new), configure_tab.command_text(new),
                     gr.Tabs(selected="configure")]
 

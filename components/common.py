@@ -493,3 +493,20 @@ def dataset_label(path: str) -> str:
 def is_restricted_env() -> bool:
     """True on a Hugging Face Space (a public app: see ``core.public_mode``)."""
     return bool(os.environ.get("SPACE_ID"))
+
+
+# -- icons (issue 17: emoji render as empty boxes on a machine without an emoji font) -------------
+_ICON_PATHS = {
+    "ok": ("#16a34a", "<path d='M4.5 8.5l2.5 2.5 5-5.5' fill='none' stroke='#fff' stroke-width='2'/>"),
+    "warn": ("#d97706", "<path d='M8 4v5' stroke='#fff' stroke-width='2'/><circle cx='8' cy='11.6' r='1.1' fill='#fff'/>"),
+    "error": ("#dc2626", "<path d='M5.2 5.2l5.6 5.6M10.8 5.2l-5.6 5.6' stroke='#fff' stroke-width='2'/>"),
+}
+
+
+def state_icon(kind: str) -> str:
+    """A small inline-SVG status icon ('ok', 'warn' or 'error') for Markdown and HTML: it renders
+    without any emoji font, in every browser."""
+    color, mark = _ICON_PATHS.get(kind, _ICON_PATHS["warn"])
+    return (f"<svg class='mf-icon mf-icon-{kind}' width='1em' height='1em' viewBox='0 0 16 16' "
+            f"style='vertical-align:-0.12em' role='img' aria-label='{kind}'>"
+            f"<circle cx='8' cy='8' r='8' fill='{color}'/>{mark}</svg>")

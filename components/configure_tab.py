@@ -89,11 +89,18 @@ def config_from_mapping(overrides: dict | None, base: RunConfig | None = None) -
 
 
 def form_problems(values: list[Any] | tuple) -> tuple[RunConfig | None, list[Problem]]:
-    """(the config, []) when every field of the form parses, else (None, the problems by field)."""
+    """(the config, []) when every field of the form is right on its own and with the others,
+    else (None, the problems by field): types (parse_config), then bounds, choices and relations
+    (core.config.config_problems; the data file and the plugins are left to Check and Start)."""
+    from core.checks import plugin_choices
+    from core.config import config_problems
+
     try:
-        return values_to_config(values), []
+        config = values_to_config(values)
     except ConfigError as exc:
         return None, list(exc.problems) or [Problem(exc.message, exc.hint)]
+    problems = config_problems(config, check_paths=False, choices=plugin_choices())
+    return (None, problems) if problems else (config, [])
 
 
 def field_problems_markdown(problems: list[Problem]) -> str:
@@ -296,7 +303,16 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
                           elem_id=f"cfg-section-{section}"):
             with gr.Row():
                 for f in fs:
-                    by_name[f.name] = field_component(f, values[f.name])
+                    if field_type(f) != "bool":
+                        by_name[f.name] = field_component(f, values[f.name])
+            # Switches on a row of their own, each in a column wide enough for its label and help:
+            # among the number boxes they were squeezed to a few letters ("Packir").
+            switches = [f for f in fs if field_type(f) == "bool"]
+            if switches:
+                with gr.Row(elem_classes=["mf-switches"]):
+                    for f in switches:
+                        with gr.Column(min_width=280):
+                            by_name[f.name] = field_component(f, values[f.name])
     inputs = [by_name[n] for n in FIELD_NAMES]
     marks = gr.HTML("", elem_id="cfg-field-marks", padding=False)
     field_errors = gr.Markdown("", elem_id="cfg-field-problems")

@@ -21,7 +21,7 @@ from gradio.data_classes import FileData
 
 from components.common import (DEFAULT_EXAMPLE, AppContext, check_public, dataset_label, endpoint, example_names,
                                file_path_of, guard, log, mapping_to_text, parse_mapping_text, problems_rows,
-                               resolve_dataset, store_upload, warn)
+                               resolve_dataset, state_icon, store_upload, warn)
 from core.config import DATA_FORMATS, RunConfig
 from core.errors import DataError, ModelForgeError
 
@@ -260,15 +260,28 @@ def histogram(lengths: list[int], max_length: int, bins: int = HIST_BINS):
     return pd.DataFrame(rows, columns=["tokens", "examples", "fits"]), labels
 
 
+WARNINGS_SHOWN = 3  # beside "Ready, with warnings": the rest are in the report table
+
+
 def status_markdown(dataset: str, report, tokenizer_note: str = "") -> str:
     L = report.lengths
-    head = (f"### ✅ Ready to train — {dataset_label(dataset)}" if report.ok else
-            f"### ❌ Not ready — {dataset_label(dataset)}: {len(report.errors)} error(s) to fix")
+    name = dataset_label(dataset)
+    if report.ok and report.warnings:
+        head = f"### {state_icon('warn')} Ready, with warnings — {name}"
+    elif report.ok:
+        head = f"### {state_icon('ok')} Ready to train — {name}"
+    else:
+        head = f"### {state_icon('error')} Not ready — {name}: {len(report.errors)} error(s) to fix"
     fmt = (f"**Format:** {report.format} → {report.kind}" if report.format else "**Format:** not detected")
     if "converted" in report.details:
         fmt += f" ({report.details['converted']})"
-    parts = [head, f"{fmt} · **Rows:** {report.rows} read, {report.usable_rows} usable"
-                   + (f" · **Warnings:** {len(report.warnings)}" if report.warnings else "")]
+    parts = [head]
+    if report.ok and report.warnings:  # the warnings next to the verdict, not only in the table below
+        parts.append("\n".join(f"- {_short(w)}" for w in report.warnings[:WARNINGS_SHOWN])
+                     + (f"\n- … {len(report.warnings) - WARNINGS_SHOWN} more in the report below"
+                        if len(report.warnings) > WARNINGS_SHOWN else ""))
+    parts.append(f"{fmt} · **Rows:** {report.rows} read, {report.usable_rows} usable{report.broken_text()}"
+                 + (f" · **Warnings:** {len(report.warnings)}" if report.warnings else ""))
     if L:
         parts.append(f"**Tokens** ({'sample of ' + str(L['count']) if L.get('sampled') else L['count']} examples): "
                      f"min {L['min']}, mean {L['mean']}, p95 {L['p95']}, max {L['max']} · "
@@ -279,6 +292,31 @@ def status_markdown(dataset: str, report, tokenizer_note: str = "") -> str:
     if not report.ok and report.requirement:
         parts.append(f"<small>{report.requirement}</small>")
     return "\n\n".join(parts)
+
+
+def _short(problem, limit: int = 160) -> str:
+    """One problem in one line: where (the file's name only, never the upload folder) and what."""
+    where = f"{problem.unit} {problem.line}: " if problem.line is not None else ""
+    text = f"{where}{problem.message}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def refused_markdown(view: "DatasetView", in_use: str) -> str:
+    """The one line shown when a file does not validate: it was not taken, why, and what trains instead."""
+    first = view.report.errors[0] if view.report.errors else None
+    why = _short(first) if first else f"fewer than {view.report.min_rows} usable rows"
+    return f"### {state_icon('error')} {dataset_label(view.dataset)} was not used: {why}\n\n{in_use_line(in_use)}"
+
+
+def in_use_line(in_use: str | None) -> str:
+    return f"Still in use: **{dataset_label(in_use)}**." if in_use else "No dataset is in use yet."
+
+
+def in_use_markdown(dataset: str | None) -> str:
+    """The one place that says which file Start will train on."""
+    if not dataset:
+        return "**Dataset in use:** none yet: upload a file or pick a bundled example."
+    return f"**Dataset in use:** {dataset_label(dataset)}"
 
 
 # -- the handler ------------------------------------------------------------------------------------
@@ -359,13 +397,16 @@ class DatasetTab:
     column_map: gr.Textbox
     validate: gr.Button
     status: gr.Markdown
+    in_use: gr.Markdown  # "Dataset in use": the Configure form's dataset, what Start trains
     outputs: list  # what a validation updates, in view_outputs() order
 
 
 def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
-    gr.Markdown("Upload a data file (**.json, .jsonl, .csv, .parquet**) or use a bundled example. "
-                "The **identity** example is selected: it teaches the demo model its name.",
+    gr.Markdown("Upload a data file (**.json, .jsonl, .csv, .parquet, .txt**) or pick a bundled example. "
+                "A file is used for training only once it passes the check; the **identity** example "
+                "(it teaches the demo model its name) is in use until then.",
                 elem_classes=["mf-help"])
+    in_use = gr.Markdown(in_use_markdown(initial.dataset), elem_id="dataset-in-use")
     with gr.Row():
         with gr.Column(scale=2):
             upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".csv", ".parquet", ".txt"],
@@ -375,10 +416,13 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                                   elem_id="dataset-example")
             with gr.Row():
                 fmt = gr.Dropdown(choices=list(DATA_FORMATS), value=initial.dataset_format, label="Format",
-                                  info="'auto' detects it from the columns", elem_id="dataset-format")
+                                  info="'auto' detects it from the columns", elem_id="dataset-format",
+                                  min_width=180)
+                # The placeholder has spaces: a long a=b,c=d word would wrap mid-word in a narrow box.
                 cmap = gr.Textbox(value=mapping_to_text(initial.column_map), label="Column map",
-                                  placeholder="question=instruction,answer=output",
-                                  info="Rename columns before detection: old=new,…", elem_id="dataset-column-map")
+                                  placeholder="e.g. question=instruction, answer=output",
+                                  info="Rename columns before detection: old=new, old2=new2", elem_id="dataset-column-map",
+                                  min_width=220)
             validate = gr.Button("Validate", variant="primary", elem_id="btn-validate")
     status = gr.Markdown("Press **Validate** (or upload a file) to check the data against the task, the "
                          "strategy and the model chosen in Configure.", elem_id="dataset-status")
@@ -398,7 +442,7 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                             interactive=False, wrap=True, elem_id="dataset-problems",
                             column_widths=["10%", "20%", "40%", "30%"])
     return DatasetTab(upload=upload, example=example, dataset_format=fmt, column_map=cmap, validate=validate,
-                      status=status, outputs=[status, split, preview, hist, problems])
+                      status=status, in_use=in_use, outputs=[status, split, preview, hist, problems])
 
 
 def view_outputs(view: DatasetView) -> list:
@@ -410,31 +454,62 @@ def view_outputs(view: DatasetView) -> list:
     return [view.status, view.split_text, view.preview, hist, rows]
 
 
+def checking_outputs(upload: Any, example: str | None) -> list:
+    """Values for DatasetTab.outputs while a file is being checked: the previous file's figures,
+    chart and preview are cleared at once, so they never stand beside the new file's name."""
+    path = file_path_of(upload)
+    name = Path(path).name if path else (example or "")
+    return [f"Checking **{name}**…" if name else "Checking…", "", None,
+            gr.BarPlot(value=None, label="Token lengths"), None]
+
+
 def wire(tab: DatasetTab, ctx: AppContext, config_inputs: list, config_by_name: dict, values_to_config) -> None:
     """Events that need the Configure form (task, model, max_length...): built after both tabs exist.
 
-    A validation also writes the chosen dataset, format and column map into the form, so that
-    Start trains exactly what was checked.
+    A validation that passes also writes the chosen dataset, format and column map into the form,
+    so that Start trains exactly what was checked. One that fails leaves the form (and so the
+    dataset in use) as it was and says in one line which file failed and why.
     """
     targets = [config_by_name["dataset"], config_by_name["dataset_format"], config_by_name["column_map"]]
 
     def _validate(upload, example, fmt, cmap, *vals):
         column_map = parse_mapping_text(cmap)
         config = values_to_config(vals).replace(dataset_format=fmt or "auto", column_map=column_map)
-        dataset = source_of(upload, example, ctx.restrict_paths)
-        view = validate_dataset(ctx, dataset, config)
+        in_use = config.dataset  # what Start trains until a new file passes
+        uploaded = bool(file_path_of(upload))
+        try:
+            dataset = source_of(upload, example, ctx.restrict_paths)
+            view = validate_dataset(ctx, dataset, config)
+        except ModelForgeError as exc:  # too big, gone, not allowed here: nothing is taken either
+            name = Path(file_path_of(upload) or example or "").name or "the file"
+            text = exc.message.replace(str(file_path_of(upload) or ""), name)
+            status = (f"### {state_icon('error')} {name} was not used: {text}"
+                      + (f" — {exc.hint}" if exc.hint else "") + f"\n\n{in_use_line(in_use)}")
+            return [status, "", None, gr.BarPlot(value=None, label="Token lengths"), None, *[gr.skip()] * 4]
         if view.tokenizer_note:
             warn(view.tokenizer_note)
-        return [*view_outputs(view), view.dataset, fmt or "auto", mapping_to_text(column_map)]
+        outputs = view_outputs(view)
+        if not view.report.ok:
+            outputs[0] = refused_markdown(view, in_use) + "\n\n" + view.status.split("\n\n", 1)[-1]
+            return [*outputs, gr.skip(), gr.skip(), gr.skip(), gr.skip()]
+        # An upload in use: the example chooser shows nothing, so one file reads as chosen.
+        chooser = gr.Dropdown(value=None) if uploaded else gr.skip()
+        return [*outputs, view.dataset, fmt or "auto", mapping_to_text(column_map), chooser]
 
     def _pick_example(example, fmt, cmap, *vals):  # choosing an example drops the upload
         return [*_validate(None, example, fmt, cmap, *vals), None]
 
     inputs = [tab.upload, tab.example, tab.dataset_format, tab.column_map, *config_inputs]
-    outputs = [*tab.outputs, *targets]
-    tab.validate.click(guard(_validate), inputs, outputs, api_visibility="private")
-    tab.upload.upload(guard(_validate), inputs, outputs, api_visibility="private")
-    tab.example.input(guard(_pick_example), inputs[1:], [*outputs, tab.upload], api_visibility="private")
+    outputs = [*tab.outputs, *targets, tab.example]
+    quick = dict(api_visibility="private", queue=False, show_progress="hidden")
+    tab.validate.click(checking_outputs, [tab.upload, tab.example], tab.outputs, **quick).then(
+        guard(_validate), inputs, outputs, api_visibility="private")
+    tab.upload.upload(checking_outputs, [tab.upload, tab.example], tab.outputs, **quick).then(
+        guard(_validate), inputs, outputs, api_visibility="private")
+    tab.example.input(lambda example: checking_outputs(None, example), tab.example, tab.outputs, **quick).then(
+        guard(_pick_example), inputs[1:], [*outputs, tab.upload], api_visibility="private")
+    # The form's dataset is the one in use, whoever sets it (a check, a preset, a YAML file, a hand edit).
+    config_by_name["dataset"].change(in_use_markdown, config_by_name["dataset"], tab.in_use, **quick)
 
 
 def register_api(ctx: AppContext, default_config) -> None:

@@ -102,6 +102,21 @@ def apply_recommendation(recs: list, model_id: str, task: str, config: RunConfig
     raise ModelForgeError(f"no recommendation for '{model_id}'", "press Refresh and pick one from the list")
 
 
+def changes_text(old: RunConfig, new: RunConfig) -> str:
+    """What applying a recommendation changed, in one line ('field a → b, ...'), or '' for nothing."""
+    parts = [f"{name.replace('_', ' ')} {getattr(old, name)} → {getattr(new, name)}"
+             for name in old.to_dict() if getattr(old, name) != getattr(new, name)]
+    return ", ".join(parts)
+
+
+def apply_message(choice: str, old: RunConfig, new: RunConfig) -> str:
+    """The one line Apply shows: what it changed in Configure, or that nothing needed changing."""
+    changed = changes_text(old, new)
+    if not changed:
+        return f"{choice}: Configure already has these settings; nothing changed."
+    return f"Applied {choice} to Configure: {changed}."
+
+
 @dataclass
 class HardwareTab:
     refresh: gr.Button
@@ -120,8 +135,10 @@ def build(ctx: AppContext) -> HardwareTab:
     with gr.Row():
         with gr.Column(scale=1):
             gr.Markdown("#### Models that fit here, best first")
+            # max_height well above the catalog's rows (~10, notes wrapped): the table grows with the
+            # page instead of scrolling inside itself with its last row cut off.
             table = gr.Dataframe(headers=REC_HEADERS, value=None, interactive=False, wrap=True,
-                                 elem_id="hw-recommendations", show_label=False,
+                                 elem_id="hw-recommendations", show_label=False, max_height=4000,
                                  column_widths=["24%", "7%", "6%", "7%", "7%", "6%", "43%"])
             note = gr.Markdown("", elem_id="hw-note")
             with gr.Row(equal_height=True):

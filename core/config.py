@@ -170,7 +170,8 @@ class RunConfig:
     num_epochs: float = _f(3.0, "Passes over the training data (ignored when max_steps > 0).", "training", min=0.0)
     max_steps: int = _f(0, "Stop after this many optimizer steps (0: use num_epochs).", "training", min=0)
     learning_rate: float = _f(
-        2e-4, "Peak learning rate. 1e-4..3e-4 suits LoRA on real models; the demo likes 1e-3.",
+        2e-4, "Peak learning rate. 1e-4..3e-4 suits LoRA on real models; the untrained demo model needs "
+        "a high one: 0.003 (3e-3) in the identity demo.",
         "training", min=0.0, max=1.0,
     )
     lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.", "training", choices=SCHEDULERS)

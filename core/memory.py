@@ -963,9 +963,43 @@ def recommend(report: "HardwareReport", catalog: list[dict] | None = None,
     return out
 
 
+# The preset whose settings the text demo is recommended with: Apply on the demo must give the
+# identity demo as the app opens with it (measured: right in 300 steps), not a grid point.
+DEMO_PRESET = "identity-demo"
+
+
+def _demo_preset_fit(entry: dict, device: str, limit: float, dtype: str) -> tuple[int, int, int, MemoryEstimate] | None:
+    """(batch, max_length, accumulation, estimate) of the demo preset when ``entry`` is the text
+    demo and the preset fits in ``limit`` GiB; None otherwise (then the grid decides)."""
+    if entry.get("id") != DEMO_IDS["text-generation"]:
+        return None
+    from core.config import load_yaml
+    from core.paths import ASSETS
+
+    try:
+        preset = load_yaml(ASSETS / "presets" / f"{DEMO_PRESET}.yaml")
+    except ModelForgeError:
+        return None
+    est = estimate(entry["config"], quantization="none", batch_size=preset.batch_size, seq_len=preset.max_length,
+                   dtype=dtype, gradient_checkpointing=False, device=device, chunked_loss=True)
+    if est.total_gib > limit:
+        return None
+    return preset.batch_size, preset.max_length, preset.gradient_accumulation_steps, est
+
+
 def _recommend_one(entry: dict, device: str, avail: float, dtype: str,
                    report: "HardwareReport") -> Recommendation | None:
     config = entry["config"]
+    demo = _demo_preset_fit(entry, device, avail * _HEADROOM, dtype)
+    if demo is not None:
+        batch, length, accumulation, est = demo
+        rec = Recommendation(
+            model_id=entry["id"], task=entry["task"], method="lora", batch_size=batch, max_length=length,
+            gradient_accumulation_steps=accumulation, gradient_checkpointing=False,
+            estimated_gib=round(est.total_gib, 2), available_gib=round(avail, 2),
+            params=int(entry.get("params") or est.params), comfortable=True)
+        rec.note = _note(entry, rec, device, dtype, report)
+        return rec
     context = int(entry.get("context_length") or 2048)
     limit = avail * _HEADROOM
     # In order of preference: a 16-bit base trains fastest and best; a 4-bit base (QLoRA, CUDA
