@@ -507,6 +507,19 @@ def state_icon(kind: str) -> str:
     """A small inline-SVG status icon ('ok', 'warn' or 'error') for Markdown and HTML: it renders
     without any emoji font, in every browser."""
     color, mark = _ICON_PATHS.get(kind, _ICON_PATHS["warn"])
-    return (f"<svg class='mf-icon mf-icon-{kind}' width='1em' height='1em' viewBox='0 0 16 16' "
-            f"style='vertical-align:-0.12em' role='img' aria-label='{kind}'>"
+    # 16 px drawn in 16 px (Gradio's Markdown sanitizer drops viewBox), inline (prose makes svg a block).
+    return (f"<svg class='mf-icon mf-icon-{kind}' width='16' height='16' "
+            f"style='display:inline-block;vertical-align:-0.1em;margin-right:0.2em' role='img' aria-label='{kind}'>"
             f"<circle cx='8' cy='8' r='8' fill='{color}'/>{mark}</svg>")
+
+
+# -- runs in dropdowns (issue 17: several runs of one name could not be told apart) ---------------
+def run_label(run: Any) -> str:
+    """What a run dropdown shows for a run record: name, local start time and status."""
+    from datetime import timezone
+
+    when = getattr(run, "created_at", None)
+    if when is not None:
+        when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone()  # SQLite drops the zone
+    stamp = when.strftime("%b %d %H:%M") if when is not None else "?"
+    return f"{run.name} · {stamp} · {run.status}"

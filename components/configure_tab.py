@@ -21,7 +21,8 @@ from typing import Any
 import gradio as gr
 
 from components.common import (AppContext, default_config, endpoint, guard, info, load_preset,
-                               mapping_to_text, preset_names, problems_markdown, public_problems, resolve_dataset)
+                               mapping_to_text, preset_names, problems_markdown, public_problems, resolve_dataset,
+                               state_icon)
 from core.checks import field_choices, parse_config
 from core.config import RunConfig, config_fields, from_yaml, to_command, to_yaml
 from core.errors import ConfigError, ModelForgeError, Problem
@@ -202,11 +203,22 @@ class PreflightResult:
             parts.append(problems_markdown(self.problems))
         if self.memory:
             parts.append(self.memory)
-        return "\n\n".join(parts)
+        return svg_icons("\n\n".join(parts))
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
                 "memory_ok": self.memory_ok, "memory": self.memory}
+
+
+_EMOJI_ICONS = {"✅": "ok", "⚠️": "warn", "❌": "error"}
+
+
+def svg_icons(markdown: str) -> str:
+    """``markdown`` with the status emoji (from core's and common's texts) drawn as inline SVG:
+    emoji are empty boxes on a machine without an emoji font."""
+    for emoji, kind in _EMOJI_ICONS.items():
+        markdown = markdown.replace(emoji, state_icon(kind))
+    return markdown
 
 
 def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) -> PreflightResult:
@@ -347,7 +359,7 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
     def _check(*vals):
         cfg, errors, css = form_feedback(vals)
         if cfg is None:
-            return ("### ❌ Fix the field marked in red first", gr.skip(), errors, css)
+            return (f"### {state_icon('error')} Fix the field marked in red first", gr.skip(), errors, css)
         return run_preflight(ctx, cfg).markdown(), command_text(cfg), "", ""
 
     loaded = [*inputs, command, field_errors, marks]

@@ -437,7 +437,9 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
             hist = gr.BarPlot(value=None, x="tokens", y="examples", color="fits", label="Token lengths",
                               color_map={"fits max_length": "#2563eb", "truncated": "#dc2626"},
                               x_title="tokens per example", y_title="examples", elem_id="dataset-histogram",
-                              height=280, x_label_angle=-45)
+                              # No legend: Gradio puts it under the chart, where the plot's height cut
+                              # it off; the label says what the red bars are.
+                              height=280, x_label_angle=-45, colors_in_legend=[])
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, value=None, label="Validation report",
                             interactive=False, wrap=True, elem_id="dataset-problems",
                             column_widths=["10%", "20%", "40%", "30%"])
@@ -448,10 +450,20 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
 def view_outputs(view: DatasetView) -> list:
     """Values for DatasetTab.outputs."""
     rows = view.problem_rows() or [["", "", "no problems found", ""]]
-    label = f"Token lengths (max_length {view.max_length}; red bars are truncated)"
+    label = f"Token lengths (max_length {view.max_length}; blue bars fit, red bars are truncated)"
     hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label=label) if view.bins else
             gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
     return [view.status, view.split_text, view.preview, hist, rows]
+
+
+def run_name_for(name: str, old_dataset: str, new_dataset: str) -> Any:
+    """The form's run name once ``new_dataset`` is in use: a name made from the old data file
+    ("identity-demo" for identity.json) is emptied, so that the run is named after the new data
+    when it starts (core.run.default_run_name); a name of the user's own is kept (gr.skip)."""
+    old_stem = Path(old_dataset or "").stem
+    if new_dataset != old_dataset and (not name or (old_stem and name.startswith(old_stem))):
+        return ""
+    return gr.skip()
 
 
 def checking_outputs(upload: Any, example: str | None) -> list:
@@ -470,7 +482,8 @@ def wire(tab: DatasetTab, ctx: AppContext, config_inputs: list, config_by_name: 
     so that Start trains exactly what was checked. One that fails leaves the form (and so the
     dataset in use) as it was and says in one line which file failed and why.
     """
-    targets = [config_by_name["dataset"], config_by_name["dataset_format"], config_by_name["column_map"]]
+    targets = [config_by_name["dataset"], config_by_name["dataset_format"], config_by_name["column_map"],
+               config_by_name["name"]]
 
     def _validate(upload, example, fmt, cmap, *vals):
         column_map = parse_mapping_text(cmap)
@@ -485,16 +498,17 @@ def wire(tab: DatasetTab, ctx: AppContext, config_inputs: list, config_by_name: 
             text = exc.message.replace(str(file_path_of(upload) or ""), name)
             status = (f"### {state_icon('error')} {name} was not used: {text}"
                       + (f" — {exc.hint}" if exc.hint else "") + f"\n\n{in_use_line(in_use)}")
-            return [status, "", None, gr.BarPlot(value=None, label="Token lengths"), None, *[gr.skip()] * 4]
+            return [status, "", None, gr.BarPlot(value=None, label="Token lengths"), None, *[gr.skip()] * 5]
         if view.tokenizer_note:
             warn(view.tokenizer_note)
         outputs = view_outputs(view)
         if not view.report.ok:
             outputs[0] = refused_markdown(view, in_use) + "\n\n" + view.status.split("\n\n", 1)[-1]
-            return [*outputs, gr.skip(), gr.skip(), gr.skip(), gr.skip()]
+            return [*outputs, *[gr.skip()] * 5]
         # An upload in use: the example chooser shows nothing, so one file reads as chosen.
         chooser = gr.Dropdown(value=None) if uploaded else gr.skip()
-        return [*outputs, view.dataset, fmt or "auto", mapping_to_text(column_map), chooser]
+        return [*outputs, view.dataset, fmt or "auto", mapping_to_text(column_map),
+                run_name_for(config.name, in_use, view.dataset), chooser]
 
     def _pick_example(example, fmt, cmap, *vals):  # choosing an example drops the upload
         return [*_validate(None, example, fmt, cmap, *vals), None]

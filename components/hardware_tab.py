@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import AppContext, endpoint, guard, log
+from components.common import AppContext, endpoint, guard, log, state_icon
 from core.config import TASKS, RunConfig
 from core.errors import ModelForgeError
 
@@ -51,10 +51,11 @@ def hardware_markdown(report) -> str:
     lines.append(f"| Training | on **{report.device}**, precision auto → {best_dtype(report)} |")
     lines += ["", "**Back-ends**", "", "| library | version | status |", "|---|---|---|"]
     for b in report.backends:
-        status = ("✅ " if b.available else "— ") + (b.reason or ("ok" if b.available else "not available"))
+        # An SVG icon, not an emoji: emoji are empty boxes on a machine without an emoji font.
+        status = (state_icon("ok") if b.available else "— ") + (b.reason or ("ok" if b.available else "not available"))
         lines.append(f"| {b.name} | {b.version or '-'} | {status} |")
     for p in report.problems:
-        lines.append(f"\n⚠️ {p}")
+        lines.append(f"\n{state_icon('warn')} {p}")
     return "\n".join(lines)
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import AppContext, guard
+from components.common import AppContext, guard, run_label
 
 
 def run_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    return [(f"{r.name} · {r.status} · {r.id}", r.id) for r in ctx.store.list_runs()]
+    return [(run_label(r), r.id) for r in ctx.store.list_runs()]
 
 
 def side_by_side(ctx: AppContext, run_ids: list[str]) -> tuple[Any, Any, Any]:

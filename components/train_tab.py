@@ -239,7 +239,9 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
 
 
 def run_choices(ctx: AppContext, limit: int = 30) -> list[tuple[str, str]]:
-    return [(f"{r.name} · {r.status} · {r.id}", r.id) for r in ctx.store.list_runs(limit=limit)]
+    from components.common import run_label  # issue 17: name, time and status tell runs apart
+
+    return [(run_label(r), r.id) for r in ctx.store.list_runs(limit=limit)]
 
 
 def default_run(ctx: AppContext) -> str | None:

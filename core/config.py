@@ -249,7 +249,8 @@ class RunConfig:
         "evaluation", choices=("none", "tensorboard", "mlflow", "wandb"))
     # --- output ----------------------------------------------------------------------------------
     name: str = _f(
-        "", "Name of the run and of the model it makes (letters, digits, . _ -). Empty: automatic.",
+        "", "Name of the run and of the model it makes (letters, digits, . _ -). Empty: named after the "
+            "data file and the strategy, e.g. alpaca_en_demo-sft (then -2, -3 ...).",
         "output",
     )
     output_dir: str = _f(

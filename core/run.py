@@ -75,10 +75,16 @@ class RunResult:
         return dict(self.__dict__)
 
 
-def default_run_name(config: RunConfig) -> str:
+def default_run_name(config: RunConfig, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A run named after its data: the data file's stem and the strategy (``alpaca_en_demo-sft``),
+    with a sequence number when that name is ``taken`` already (``alpaca_en_demo-sft-2``)."""
     base = Path(config.dataset).stem if config.dataset else "run"
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base)[:40].strip("-.") or "run"
-    return f"{safe}-{config.strategy}"
+    name = f"{safe}-{config.strategy}"
+    n = 2
+    while name in taken:
+        name, n = f"{safe}-{config.strategy}-{n}", n + 1
+    return name
 
 
 def run_parent_dir(config: RunConfig) -> Path:
@@ -94,7 +100,7 @@ def create_run(config: RunConfig, store: "RecordStore", run_id: str | None = Non
     from core.records import new_id
 
     if not config.name:
-        config = config.replace(name=default_run_name(config))
+        config = config.replace(name=default_run_name(config, {r.name for r in store.list_runs(limit=1000)}))
     run_id = run_id or new_id("run")
     run_dir = run_parent_dir(config) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
