@@ -159,8 +159,10 @@ def test_form_widgets_follow_the_metadata():
     assert isinstance(widgets["strategy"], gr.Dropdown) and "qlora" in [c[1] for c in widgets["strategy"].choices]
     assert isinstance(widgets["packing"], gr.Checkbox)
     assert isinstance(widgets["lora_r"], gr.Number)
-    assert widgets["lora_r"].minimum == 1 and widgets["lora_r"].precision == 0
-    assert isinstance(widgets["validation_split"], gr.Number) and widgets["validation_split"].maximum == 0.5
+    # Bounds are checked by core.config (the form marks the field), not by Gradio (issue 17: its
+    # own refusal named no field and printed a traceback).
+    assert widgets["lora_r"].minimum is None and widgets["lora_r"].precision == 0
+    assert isinstance(widgets["validation_split"], gr.Number) and widgets["validation_split"].maximum is None
     assert isinstance(widgets["template_vars"], gr.Textbox)
     assert widgets["template_vars"].value == "name=Forge,author=ModelForge"
 
