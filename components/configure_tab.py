@@ -29,6 +29,7 @@ from core.errors import ConfigError, ModelForgeError, Problem
 
 FIELDS: list[dataclasses.Field] = config_fields()
 FIELD_NAMES: list[str] = [f.name for f in FIELDS]
+_SECTION = {f.name: f.metadata["section"] for f in FIELDS}
 SECTION_TITLES = {
     "model": "Model", "data": "Data", "lora": "LoRA and quantisation", "training": "Training",
     "evaluation": "Evaluation and checkpoints", "output": "Output",
@@ -111,7 +112,11 @@ def field_problems_markdown(problems: list[Problem]) -> str:
         message = p.message
         if p.field and message.startswith(f"{p.field}: "):
             message = message[len(p.field) + 2:]  # coerce() repeats the field name: say it once
-        where = f"**{field_label(p.field)}** (`{p.field}`): " if p.field in FIELD_NAMES else ""
+        # The section too: the field may sit in a closed accordion.
+        where = ""
+        if p.field in FIELD_NAMES:
+            section = _SECTION[p.field]
+            where = f"**{field_label(p.field)}** (`{p.field}`, in {SECTION_TITLES.get(section, section.capitalize())}): "
         lines.append(f"- {where}{message}" + (f" — {p.hint}" if p.hint else ""))
     return "\n".join(lines)
 

@@ -289,7 +289,7 @@ def status_markdown(dataset: str, report, tokenizer_note: str = "") -> str:
                      f"({L['truncated_share']:.1%} truncated)")
     if tokenizer_note:
         parts.append(f"*{tokenizer_note}*")
-    if not report.ok and report.requirement:
+    if not report.ok and report.requirement and not report.details.get("broken_lines"):  # a format problem
         parts.append(f"<small>{report.requirement}</small>")
     return "\n\n".join(parts)
 
@@ -450,7 +450,8 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
 def view_outputs(view: DatasetView) -> list:
     """Values for DatasetTab.outputs."""
     rows = view.problem_rows() or [["", "", "no problems found", ""]]
-    label = f"Token lengths (max_length {view.max_length}; blue bars fit, red bars are truncated)"
+    # Short enough for one line on a phone: a second line pushes the axis out of the plot's height.
+    label = f"Token lengths (red: over max_length {view.max_length})"
     hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label=label) if view.bins else
             gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
     return [view.status, view.split_text, view.preview, hist, rows]

@@ -162,7 +162,7 @@ def test_good_upload_stays_in_use_when_a_broken_one_follows(page, served, shared
     page.set_input_files("#upload-dataset input[type=file]", str(broken))
     _status_has(page, "was not used")
     status = page.inner_text("#dataset-status")
-    head = status.splitlines()[0]
+    head = status.splitlines()[0].strip()
     assert head.startswith("broken-alpaca.jsonl was not used: line 5: invalid JSON"), status
     assert f"column {column}" in head and len(head) < 200, head
     assert "Still in use: alpaca_en_demo.json" in status
@@ -171,6 +171,7 @@ def test_good_upload_stays_in_use_when_a_broken_one_follows(page, served, shared
         assert internal not in status
     assert "alpaca_en_demo.json" in page.inner_text("#dataset-in-use")
     assert _error_pills(page) == 0
+    _shot(page, "17a-dataset-broken-upload-1280x800")
     # What Start trains: the Configure form still names the good file.
     _tab(page, "configure")
     page.wait_for_function("document.querySelector('#cfg-command').innerText.includes('alpaca_en_demo.json')",
@@ -182,7 +183,8 @@ def test_good_upload_stays_in_use_when_a_broken_one_follows(page, served, shared
 @pytest.mark.timeout(600)
 def test_bad_field_is_marked_with_one_message_and_no_traceback(page, served):
     _tab(page, "configure")
-    command = page.locator("#cfg-command")
+    command = page.locator("#cfg-command .cm-content")  # the code itself, not the progress label
+    command.wait_for(timeout=60_000)
     before = command.inner_text()
     assert "modelforge train" in before
     box = page.locator("#cfg-learning-rate input")
@@ -202,6 +204,7 @@ def test_bad_field_is_marked_with_one_message_and_no_traceback(page, served):
     assert page.locator(".toast-body").count() == 0
     outline = page.evaluate("getComputedStyle(document.querySelector('#cfg-learning-rate input')).outlineColor")
     assert outline == "rgb(220, 38, 38)", outline
+    _shot(page, "17a-configure-bad-field-1280x800")
 
     box.fill("0.002")
     box.press("Tab")

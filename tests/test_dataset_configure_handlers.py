@@ -115,7 +115,7 @@ def _form(**changes):
 def test_bad_field_gives_one_message_naming_it_and_marks_it():
     config, message, marks = configure_tab.form_feedback(_form(learning_rate=-1))
     assert config is None
-    assert message.count("Learning rate") == 1 and "`learning_rate`" in message
+    assert message.count("Learning rate") == 1 and "`learning_rate`, in Training" in message
     assert "below the minimum" in message and ">= 0" in message
     assert "#cfg-learning-rate input" in marks and "#cfg-batch-size" not in marks
     config, message, marks = configure_tab.form_feedback(_form(learning_rate=0.002))
@@ -125,7 +125,7 @@ def test_bad_field_gives_one_message_naming_it_and_marks_it():
 def test_wrong_type_names_the_field_once():
     _, message, _ = configure_tab.form_feedback(_form(batch_size="many"))
     assert message.count("batch_size") == 2  # the label's code name and the fix, not the message again
-    assert message.startswith("- **Batch size** (`batch_size`): 'many' is not")
+    assert message.startswith("- **Batch size** (`batch_size`, in Training): 'many' is not")
 
 
 def test_number_boxes_leave_bounds_to_our_checks():
