@@ -31,7 +31,8 @@ HIST_SAMPLE = 2000
 HIST_BINS = 16
 PROBLEM_ROWS = 500
 COLOR_MAP = {"trained": "#16a34a", "masked": "#94a3b8", "rejected": "#dc2626"}
-PROBLEM_HEADERS = ["severity", "where", "problem", "fix"]
+# Three columns: a fourth, narrow "severity" column broke its header letter by letter on a phone.
+PROBLEM_HEADERS = ["where", "problem", "fix"]
 # Uploads larger than this are refused (MODELFORGE_MAX_UPLOAD_MB; 0: no limit). 200 MB holds a
 # few hundred thousand chat examples; a bigger data set is better read from disk (the CLI, or a
 # path on a private app) than sent through a browser, and a public app must not let a visitor
@@ -410,7 +411,7 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
     with gr.Row():
         with gr.Column(scale=2):
             upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".csv", ".parquet", ".txt"],
-                             type="filepath", elem_id="upload-dataset", height=140)
+                             type="filepath", elem_id="upload-dataset", height=170)
         with gr.Column(scale=2):
             example = gr.Dropdown(choices=example_names(), value=DEFAULT_EXAMPLE, label="…or a bundled example",
                                   elem_id="dataset-example")
@@ -439,20 +440,25 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                               x_title="tokens per example", y_title="examples", elem_id="dataset-histogram",
                               # No legend: Gradio puts it under the chart, where the plot's height cut
                               # it off; the label says what the red bars are.
-                              height=280, x_label_angle=-45, colors_in_legend=[])
+                              height=320, x_label_angle=-45, colors_in_legend=[])
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, value=None, label="Validation report",
                             interactive=False, wrap=True, elem_id="dataset-problems",
-                            column_widths=["10%", "20%", "40%", "30%"])
+                            column_widths=["24%", "44%", "32%"])
     return DatasetTab(upload=upload, example=example, dataset_format=fmt, column_map=cmap, validate=validate,
                       status=status, in_use=in_use, outputs=[status, split, preview, hist, problems])
 
 
+def table_rows(rows: list[list[str]]) -> list[list[str]]:
+    """problem_rows() for the report table: the severity goes in front of the place."""
+    return [[f"{sev} · {where}" if where else sev, msg, fix] for sev, where, msg, fix in rows]
+
+
 def view_outputs(view: DatasetView) -> list:
     """Values for DatasetTab.outputs."""
-    rows = view.problem_rows() or [["", "", "no problems found", ""]]
-    # Short enough for one line on a phone: a second line pushes the axis out of the plot's height.
-    label = f"Token lengths (red: over max_length {view.max_length})"
-    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label=label) if view.bins else
+    rows = table_rows(view.problem_rows()) or [["", "no problems found", ""]]
+    # A one-line label, also on a phone: a second line pushed the axis out of the plot's height.
+    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label="Token lengths",
+                       x_title=f"tokens (red: over max_length {view.max_length})") if view.bins else
             gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
     return [view.status, view.split_text, view.preview, hist, rows]
 

@@ -15,7 +15,7 @@ from components.common import AppContext, endpoint, guard, log, state_icon
 from core.config import TASKS, RunConfig
 from core.errors import ModelForgeError
 
-REC_HEADERS = ["model", "method", "batch", "length", "accum.", "GiB", "note"]
+REC_HEADERS = ["model", "settings", "note"]
 
 
 def probe_report():
@@ -25,35 +25,35 @@ def probe_report():
 
 
 def hardware_markdown(report) -> str:
-    """The report as a few short tables."""
+    """The report as two short lists (lists, not tables: on a phone a two-column table broke its
+    first column's words letter by letter)."""
     from core.hardware import best_dtype
 
     cpu = report.cpu
     disk = (report.disk.reason or f"{report.disk.free_gib:.1f} GiB free of {report.disk.total_gib:.1f} GiB "
                                   f"(`{report.disk.path}`)")
     lines = [f"**{report.summary}**", "",
-             "| part | what was found |", "|---|---|",
-             f"| System | {report.os}, Python {report.python} |",
-             f"| CPU | {cpu.model} ({cpu.arch}), {cpu.physical_cores} physical / {cpu.logical_cores} logical cores, "
-             f"bf16 {'yes' if cpu.bf16 else 'no'} |",
-             f"| RAM | {report.ram_available_gib:.1f} GiB available of {report.ram_total_gib:.1f} GiB |",
-             f"| Disk | {disk} |"]
+             f"- **System:** {report.os}, Python {report.python}",
+             f"- **CPU:** {cpu.model} ({cpu.arch}), {cpu.physical_cores} physical / {cpu.logical_cores} logical "
+             f"cores, bf16 {'yes' if cpu.bf16 else 'no'}",
+             f"- **RAM:** {report.ram_available_gib:.1f} GiB available of {report.ram_total_gib:.1f} GiB",
+             f"- **Disk:** {disk}"]
     if report.gpus:
         for g in report.gpus:
             cc = ".".join(str(x) for x in g.compute_capability)
-            lines.append(f"| GPU {g.index} | {g.name}: {g.memory_free_gib:.1f} GiB free of "
+            lines.append(f"- **GPU {g.index}:** {g.name}: {g.memory_free_gib:.1f} GiB free of "
                          f"{g.memory_total_gib:.1f} GiB, "
                          f"compute capability {cc}, bf16 {'yes' if g.bf16 else 'no'}, driver "
-                         f"{g.driver_version or '?'}, CUDA {g.cuda_driver_version or '?'} |")
+                         f"{g.driver_version or '?'}, CUDA {g.cuda_driver_version or '?'}")
     else:
-        lines.append(f"| GPU | none ({report.gpu_reason or 'not found'}) |")
-    lines.append(f"| Apple MPS | {'available' if report.mps_available else (report.mps_reason or 'no')} |")
-    lines.append(f"| Training | on **{report.device}**, precision auto → {best_dtype(report)} |")
-    lines += ["", "**Back-ends**", "", "| library | version | status |", "|---|---|---|"]
+        lines.append(f"- **GPU:** none ({report.gpu_reason or 'not found'})")
+    lines.append(f"- **Apple MPS:** {'available' if report.mps_available else (report.mps_reason or 'no')}")
+    lines.append(f"- **Training:** on **{report.device}**, precision auto → {best_dtype(report)}")
+    lines += ["", "**Back-ends**", ""]
     for b in report.backends:
         # An SVG icon, not an emoji: emoji are empty boxes on a machine without an emoji font.
         status = (state_icon("ok") if b.available else "— ") + (b.reason or ("ok" if b.available else "not available"))
-        lines.append(f"| {b.name} | {b.version or '-'} | {status} |")
+        lines.append(f"- **{b.name}** {b.version or ''} {status}".replace("  ", " "))
     for p in report.problems:
         lines.append(f"\n{state_icon('warn')} {p}")
     return "\n".join(lines)
@@ -78,8 +78,10 @@ def recommendations(report, task: str) -> tuple[list, str]:
 
 
 def recommendation_rows(recs: list) -> list[list[Any]]:
-    return [[r.model_id, r.method, r.batch_size, r.max_length, r.gradient_accumulation_steps,
-             round(r.estimated_gib, 2), r.note] for r in recs]
+    """Rows of (model, settings, note): three columns fit a phone; seven broke their headers."""
+    return [[r.model_id, f"{r.method} · batch {r.batch_size} · length {r.max_length} · "
+                         f"accum. {r.gradient_accumulation_steps} · ~{r.estimated_gib:.2f} GiB", r.note]
+            for r in recs]
 
 
 def hardware_view(task: str = "text-generation") -> dict:
@@ -140,7 +142,7 @@ def build(ctx: AppContext) -> HardwareTab:
             # page instead of scrolling inside itself with its last row cut off.
             table = gr.Dataframe(headers=REC_HEADERS, value=None, interactive=False, wrap=True,
                                  elem_id="hw-recommendations", show_label=False, max_height=4000,
-                                 column_widths=["24%", "7%", "6%", "7%", "7%", "6%", "43%"])
+                                 column_widths=["24%", "30%", "46%"])
             note = gr.Markdown("", elem_id="hw-note")
             with gr.Row(equal_height=True):
                 choice = gr.Dropdown(choices=[], label="Recommendation", elem_id="hw-choice", scale=3,

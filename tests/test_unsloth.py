@@ -128,7 +128,7 @@ def test_hardware_tab_shows_the_same_reason(fresh):
 
     report = probe_report()
     ok, why = up.status()
-    row = next(line for line in hardware_markdown(report).splitlines() if line.startswith("| unsloth |"))
+    row = next(line for line in hardware_markdown(report).splitlines() if line.startswith("- **unsloth**"))
     assert (why or "ok") in row
 
 
