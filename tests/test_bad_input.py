@@ -187,7 +187,8 @@ def test_cli_train_refuses_malformed_yaml_configs(cli_home, capsys, tmp_path, fn
 # -- the app's upload handler --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def upload_handler(tmp_path_factory, demo_model):
-    """The function the Dataset tab's upload event runs, taken from the built Blocks."""
+    """The function the Dataset tab's upload event runs to check the file, taken from the built Blocks
+    (the upload first clears the previous file's figures, then checks: the second function)."""
     from app.ui import build_blocks
     from components.common import AppContext
     from core.jobs import JobManager
@@ -197,24 +198,28 @@ def upload_handler(tmp_path_factory, demo_model):
     ctx = AppContext(store=store, jobs=JobManager(store))
     blocks = build_blocks(ctx)
     upload = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "upload-dataset")
-    fn = next(f for f in blocks.fns.values() if any(t[0] == upload._id and t[1] == "upload" for t in f.targets))
+    first = next(f for f in blocks.fns.values() if any(t[0] == upload._id and t[1] == "upload" for t in f.targets))
+    fn = next(f for f in blocks.fns.values() if f.trigger_after == first._id)
     return fn.fn, store
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_upload_handler_refuses_each_malformed_file(upload_handler, name):
+    import gradio as gr
+
     from components.common import default_config
     from components.configure_tab import config_to_values
 
     handler, store = upload_handler
     case = BY_NAME[name]
     config = default_config().replace(strategy=case.strategy)
-    status, _split, _preview, _hist, problems, dataset, _fmt, _cmap = handler(
+    status, _split, _preview, _hist, problems, dataset, _fmt, _cmap, _name, _chooser = handler(
         str(CORPUS / name), None, "auto", "", *config_to_values(config))
-    assert "Not ready" in status and case.name in status
-    assert Path(dataset).name == case.name and Path(dataset).parent.parent.name == "uploads"
+    # Refused in one line naming the file; the form keeps the dataset in use (issue 17).
+    assert f"{case.name} was not used" in status and "Still in use: **identity.json" in status
+    assert isinstance(dataset, type(gr.skip()))
     _mentions(json.dumps(problems), case)
-    assert all(row[3] for row in problems if row[0] == "error")  # every error says how to fix it
+    assert all(row[2] for row in problems if row[0].startswith("error"))  # every error says how to fix it
     assert _counts(store) == (0, 0, 0)
 
 
@@ -229,12 +234,12 @@ def test_upload_handler_refuses_a_file_over_the_size_limit(upload_handler, tmp_p
     big.write_bytes(b"\x00" * (3 * 2**20))
     monkeypatch.setenv("MODELFORGE_MAX_UPLOAD_MB", "2")
     before = sorted(uploads_dir().rglob("*"))
-    with pytest.raises(gr.Error, match=r"big.jsonl is 3.0 MB, over this app's upload limit of 2 MB"):
-        guard(handler)(str(big), None, "auto", "", *config_to_values(default_config()))
+    status = guard(handler)(str(big), None, "auto", "", *config_to_values(default_config()))[0]
+    assert "big.jsonl was not used: big.jsonl is 3.0 MB, over this app's upload limit of 2 MB" in status
     assert sorted(uploads_dir().rglob("*")) == before  # refused before it was copied
     monkeypatch.setenv("MODELFORGE_MAX_UPLOAD_MB", "4")  # under the limit: it is read (and is binary)
     status = handler(str(big), None, "auto", "", *config_to_values(default_config()))[0]
-    assert "Not ready" in status and "big.jsonl" in status
+    assert "big.jsonl was not used" in status
 
 
 # -- the running app through gradio_client ----------------------------------------------------------------------
