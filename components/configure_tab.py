@@ -297,7 +297,8 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
     config = initial or default_config()
     values = dict(zip(FIELD_NAMES, config_to_values(config)))
     gr.Markdown("Every setting of a run. The defaults are the **identity demo**: it teaches the "
-                "built-in demo model its name in a few minutes on a CPU. Hover a field for what it does.",
+                "built-in demo model its name in about half a minute of training on a CPU (longer on a busy "
+                "machine). Under each field's name: what it does.",
                 elem_classes=["mf-help"])
     with gr.Row(equal_height=True):
         preset = gr.Dropdown(choices=preset_names(), value=None, label="Preset",
