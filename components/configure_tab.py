@@ -1,10 +1,12 @@
 """Configure tab: the run configuration as a form generated from :class:`core.config.RunConfig`.
 
 Each field of RunConfig becomes one widget, chosen from its type and ``metadata``: a Dropdown
-for ``choices``, a Number for numbers (bounds checked by parse_config, not the browser), a Checkbox for booleans, a Textbox
+for ``choices``, a Number for numbers, a Checkbox for booleans (on a row of their own), a Textbox
 for text and for mappings (written ``a=b,c=d``). Sections come from ``metadata["section"]``.
 Values go back through ``core.checks.parse_config`` (the one parser, also of YAML and the CLI), so no
-number is ever parsed out of a textbox here, and every bad field is reported at once.
+number is ever parsed out of a textbox here; ranges are ModelForge's own checks too
+(``core.config.config_problems``), not the browser's: on each edit a bad field is outlined in red
+with one message naming it and the fix (:func:`form_feedback`), and nothing reaches the terminal.
 
 Also here: presets, YAML save/load, the equivalent ``modelforge train`` command and the
 pre-flight check (validation problems and the memory estimate against what is free).
@@ -271,8 +273,8 @@ def field_component(f: dataclasses.Field, value: Any) -> gr.components.Component
         return gr.Checkbox(value=bool(value), **common)
     if kind in ("int", "float"):
         # No minimum/maximum here: Gradio would refuse an out-of-range value itself, with a toast
-        # that names no field and a traceback in the terminal. core.checks.parse_config checks the
-        # bounds (the field's metadata) and the form marks the field (see field_problems_view).
+        # that names no field and a traceback in the terminal. core.config.config_problems checks
+        # the bounds (the field's metadata) and the form marks the field (see form_feedback).
         return gr.Number(value=value, precision=0 if kind == "int" else None,
                          step=1 if kind == "int" else _STEPS.get(f.name, 0.01), **common)
     if kind == "dict":
@@ -327,7 +329,7 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
             # among the number boxes they were squeezed to a few letters ("Packir").
             switches = [f for f in fs if field_type(f) == "bool"]
             if switches:
-                with gr.Row(elem_classes=["mf-switches"]):
+                with gr.Row():
                     for f in switches:
                         with gr.Column(min_width=280):
                             by_name[f.name] = field_component(f, values[f.name])

@@ -404,8 +404,8 @@ class DatasetTab:
 
 def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
     gr.Markdown("Upload a data file (**.json, .jsonl, .csv, .parquet, .txt**) or pick a bundled example. "
-                "A file is used for training only once it passes the check; the **identity** example "
-                "(it teaches the demo model its name) is in use until then.",
+                "A file is used for training only once it passes the check; until then the dataset in use "
+                "stays as it was (at first the **identity** example, which teaches the demo model its name).",
                 elem_classes=["mf-help"])
     in_use = gr.Markdown(in_use_markdown(initial.dataset), elem_id="dataset-in-use")
     with gr.Row():
@@ -439,7 +439,7 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                               color_map={"fits max_length": "#2563eb", "truncated": "#dc2626"},
                               x_title="tokens per example", y_title="examples", elem_id="dataset-histogram",
                               # No legend: Gradio puts it under the chart, where the plot's height cut
-                              # it off; the label says what the red bars are.
+                              # it off; the x-axis title says what the red bars are (view_outputs).
                               height=320, x_label_angle=-45, colors_in_legend=[])
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, value=None, label="Validation report",
                             interactive=False, wrap=True, elem_id="dataset-problems",
