@@ -287,7 +287,7 @@ def status_markdown(dataset: str, report, tokenizer_note: str = "") -> str:
         parts.append(f"**Tokens** ({'sample of ' + str(L['count']) if L.get('sampled') else L['count']} examples): "
                      f"min {L['min']}, mean {L['mean']}, p95 {L['p95']}, max {L['max']} · "
                      f"**{L['over_max_length']} over max_length {L['max_length']}** "
-                     f"({L['truncated_share']:.1%} truncated)")
+                     f"({L['truncated_share']:.1%} truncated, red in the chart)")
     if tokenizer_note:
         parts.append(f"*{tokenizer_note}*")
     if not report.ok and report.requirement and not report.details.get("broken_lines"):  # a format problem
@@ -439,7 +439,7 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                               color_map={"fits max_length": "#2563eb", "truncated": "#dc2626"},
                               x_title="tokens per example", y_title="examples", elem_id="dataset-histogram",
                               # No legend: Gradio puts it under the chart, where the plot's height cut
-                              # it off; the x-axis title says what the red bars are (view_outputs).
+                              # it off; the status's Tokens line says what the red bars are.
                               height=320, x_label_angle=-45, colors_in_legend=[])
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, value=None, label="Validation report",
                             interactive=False, wrap=True, elem_id="dataset-problems",
@@ -457,8 +457,8 @@ def view_outputs(view: DatasetView) -> list:
     """Values for DatasetTab.outputs."""
     rows = table_rows(view.problem_rows()) or [["", "no problems found", ""]]
     # A one-line label, also on a phone: a second line pushed the axis out of the plot's height.
-    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label="Token lengths",
-                       x_title=f"tokens (red: over max_length {view.max_length})") if view.bins else
+    # What the red bars are is said in the status's Tokens line (Gradio clips the x-axis title).
+    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label="Token lengths") if view.bins else
             gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
     return [view.status, view.split_text, view.preview, hist, rows]
 
