@@ -272,6 +272,21 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     return [(f"{m.name} · {m.id}", m.id) for m in ctx.store.list_models()]
 
 
+# Under the base model's answer when that base is the bundled demo: its noise is not a fault.
+DEMO_BASE_NOTE = ("The base here is the untrained demo model: random tokens are expected. The fine-tuned answer "
+                  "on the left is what training taught it.")
+
+
+def base_is_demo(ctx: AppContext, model_id: str | None) -> bool:
+    """True when ``model_id``'s base model is the bundled demo model."""
+    if not model_id:
+        return False
+    try:
+        return (ctx.store.get_model(model_id).base_model or "").strip() == "demo"
+    except ModelForgeError:
+        return False
+
+
 def describe_model(ctx: AppContext, model_id: str | None) -> tuple[str, str]:
     """(markdown about the model, its task) — the task decides which boxes show."""
     if not model_id:
@@ -306,7 +321,10 @@ def build(ctx: AppContext) -> PlaygroundTab:
     with gr.Group(visible=True) as chat_group:
         with gr.Row():
             tuned = gr.Chatbot(label="Fine-tuned", elem_id="chat-tuned", height=340)
-            base = gr.Chatbot(label="Base model", elem_id="chat-base", height=340)
+            with gr.Column():
+                base = gr.Chatbot(label="Base model", elem_id="chat-base", height=340)
+                base_note = gr.Markdown(DEMO_BASE_NOTE, visible=False, elem_id="chat-base-note",
+                                        elem_classes=["mf-help"])
         with gr.Row(equal_height=True):
             message = gr.Textbox(placeholder="Ask something, e.g. Who are you?", show_label=False,
                                  elem_id="chat-input", scale=6, submit_btn=False)
@@ -327,7 +345,7 @@ def build(ctx: AppContext) -> PlaygroundTab:
     def _describe(model_id):
         text, task = describe_model(ctx, model_id)
         return (text, gr.Group(visible=task == "text-generation"), gr.Group(visible=task == "summarization"),
-                gr.Group(visible=task == "extractive-qa"), [], [])
+                gr.Group(visible=task == "extractive-qa"), [], [], gr.Markdown(visible=base_is_demo(ctx, model_id)))
 
     def _chat(model_id, msg, t_hist, b_hist, n, temp, p, sys_prompt, cmp):
         for t, b in chat_stream(ctx, model_id, msg, t_hist, b_hist, n, temp, p, sys_prompt, cmp):
@@ -341,7 +359,7 @@ def build(ctx: AppContext) -> PlaygroundTab:
         return highlight(ctx_text, res["start"], res["end"])
 
     chat_inputs = [model, message, tuned, base, max_new, temperature, top_p, system, compare]
-    model.change(guard(_describe), model, [about, chat_group, sum_group, qa_group, tuned, base],
+    model.change(guard(_describe), model, [about, chat_group, sum_group, qa_group, tuned, base, base_note],
                  api_visibility="private")
     pool = dict(concurrency_limit=chat_concurrency(), concurrency_id="generation")  # shared with the API
     send.click(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private", **pool)
