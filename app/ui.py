@@ -121,7 +121,8 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
                 "<p>Fine-tune a language model on your own machine: from a data file to a model you can talk "
                 "to, without writing code.</p></div></div>", elem_id="mf-header")
         banner = gr.HTML(BANNER, elem_id="mf-banner", visible=not has_trained(ctx))
-        with gr.Tabs(elem_id="mf-tabs") as tabs:
+        # wrap: on a phone all six tabs stay in sight (in two rows), not folded into a "..." menu.
+        with gr.Tabs(elem_id="mf-tabs", overflow_behavior="wrap") as tabs:
             with gr.Tab("1. Dataset", id="dataset", elem_id="tab-dataset"):
                 ds = dataset_tab.build(ctx, initial)
             with gr.Tab("2. Hardware", id="hardware", elem_id="tab-hardware"):

@@ -80,7 +80,7 @@ def client_gone() -> Callable[[], bool]:
 
     return gone
 EXAMPLE_PROMPTS = ["Who are you?", "What is your name?", "Who created you?", "hello"]
-EMPTY_TEXT = ("### No model to talk to yet\nTrain one in the **Train** tab (the identity demo is preselected), "
+EMPTY_TEXT = ("No model to talk to yet: train one on the **Train** tab (the identity demo is preselected), "
               "then pick it here.")
 
 
@@ -318,7 +318,8 @@ def build(ctx: AppContext) -> PlaygroundTab:
         with gr.Row():
             system = gr.Textbox(label="System prompt", placeholder="(none)", elem_id="play-system")
             compare = gr.Checkbox(value=True, label="Compare with the base model", elem_id="play-compare")
-    with gr.Group(visible=True) as chat_group:
+    # Hidden until a model is picked: before the first model, two empty chat panels said nothing.
+    with gr.Group(visible=False) as chat_group:
         with gr.Row():
             tuned = gr.Chatbot(label="Fine-tuned", elem_id="chat-tuned", height=340)
             with gr.Column():
@@ -327,9 +328,10 @@ def build(ctx: AppContext) -> PlaygroundTab:
                                         elem_classes=["mf-help"])
         with gr.Row(equal_height=True):
             message = gr.Textbox(placeholder="Ask something, e.g. Who are you?", show_label=False,
-                                 elem_id="chat-input", scale=6, submit_btn=False)
-            send = gr.Button("Send", variant="primary", elem_id="btn-send", scale=1)
-            clear = gr.Button("Clear", elem_id="btn-clear-chat", scale=1)
+                                 elem_id="chat-input", scale=6, submit_btn=False, min_width=260)
+            # min widths: on a phone the buttons wrap below a readable message box.
+            send = gr.Button("Send", variant="primary", elem_id="btn-send", scale=1, min_width=100)
+            clear = gr.Button("Clear", elem_id="btn-clear-chat", scale=1, min_width=100)
         gr.Examples(EXAMPLE_PROMPTS, inputs=message, label="Try")
     with gr.Group(visible=False) as sum_group:
         document = gr.Textbox(label="Document", lines=8, elem_id="play-document")
@@ -344,7 +346,7 @@ def build(ctx: AppContext) -> PlaygroundTab:
 
     def _describe(model_id):
         text, task = describe_model(ctx, model_id)
-        return (text, gr.Group(visible=task == "text-generation"), gr.Group(visible=task == "summarization"),
+        return (text, gr.Group(visible=bool(model_id) and task == "text-generation"), gr.Group(visible=task == "summarization"),
                 gr.Group(visible=task == "extractive-qa"), [], [], gr.Markdown(visible=base_is_demo(ctx, model_id)))
 
     def _chat(model_id, msg, t_hist, b_hist, n, temp, p, sys_prompt, cmp):

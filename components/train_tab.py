@@ -525,7 +525,9 @@ def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: boo
     if view.run_id and not has_eval:
         note = EVAL_NOTE_NONE if not view.validation_split else EVAL_NOTE_LATER
     finished = view.status == "completed" and bool(view.model_id)
-    active = bool(ctx.jobs.current or ctx.jobs.waiting())
+    # A run that just ended is still the job manager's current one for a moment: not active.
+    ended = view.status in TERMINAL and ctx.jobs.current == view.run_id
+    active = bool(ctx.jobs.waiting()) or (ctx.jobs.current is not None and not ended)
     return [state, view.status_html(), view.done_markdown(), gr.Button(visible=finished),
             gr.Button(visible=finished), view.frame("loss"),
             gr.LinePlot(value=view.frame("eval_loss"), visible=has_eval), note, view.frame("learning_rate"),
