@@ -26,8 +26,10 @@ from core.records import record_to_dict
 
 TABLE_HEADERS = ["name", "id", "base model", "task", "strategy", "provider", "created", "metrics", "size"]
 EMPTY_TEXT = "No models yet: train one on the **Train** tab (the identity demo is preselected)."
-# Table columns that must not wrap or be cut ("445.1 KE"): their share of the table's width.
-COLUMN_WIDTHS = ["14%", "12%", "9%", "12%", "8%", "9%", "11%", "15%", "10%"]
+# Column widths in pixels, wide enough for each column's usual content ("445.1 KB" was cut to
+# "445.1 KE", "strategy" wrapped): on a phone the table scrolls sideways instead of squeezing
+# every column to a letter.
+COLUMN_WIDTHS = ["150px", "240px", "90px", "135px", "85px", "105px", "145px", "180px", "100px"]
 
 
 def exports_dir() -> Path:
@@ -284,7 +286,7 @@ def build(ctx: AppContext) -> ModelsTab:
                     "into a full model, to push it to the Hub, or to delete it.", elem_classes=["mf-help"])
         refresh = gr.Button("Refresh", elem_id="btn-models-refresh", scale=0, min_width=120)
     empty = gr.Markdown(EMPTY_TEXT, elem_id="models-empty", visible=True)
-    table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, wrap=False, visible=False,
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, wrap=True, visible=False,
                          elem_id="models-table", label="Models", column_widths=COLUMN_WIDTHS)
     with gr.Column(visible=False, elem_id="models-body") as body:
         # allow_custom_value: API callers send ids this session's (empty) choice list has not seen.
@@ -332,10 +334,12 @@ def build(ctx: AppContext) -> ModelsTab:
                                         elem_id="export-quant")
                 export_btn = gr.Button("Export", variant="primary", elem_id="btn-export", scale=0, min_width=140)
             export_summary = gr.Markdown("", elem_id="export-summary")
+            # The files and the verification table show once an export made them (no empty boxes before).
             export_files = gr.File(label="Exported files", file_count="multiple", interactive=False,
-                                   elem_id="export-files")
+                                   elem_id="export-files", visible=False)
             export_table = gr.Dataframe(headers=VERIFY_HEADERS, value=None, interactive=False, wrap=True,
-                                        label="Verification: llama.cpp vs transformers", elem_id="export-verification")
+                                        label="Verification: llama.cpp vs transformers", elem_id="export-verification",
+                                        visible=False)
         message = gr.Markdown("", elem_id="models-message")
         from components import evaluation_panel  # issue 16: base vs tuned, rows, predictions download
 
@@ -373,7 +377,8 @@ def build(ctx: AppContext) -> ModelsTab:
 
     def _export(model_id, fmt, quant, progress=gr.Progress()):
         files, text, rows = export_model_ui(ctx, model_id, fmt, quant, progress=progress)
-        return files, text, rows or None
+        return (gr.File(value=files, visible=bool(files)), text,
+                gr.Dataframe(value=rows or None, visible=bool(rows)))
 
     def _push(model_id, repo_id, tok, priv):
         text = push_to_hub(ctx, model_id, repo_id, tok, priv)

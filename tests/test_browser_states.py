@@ -177,8 +177,15 @@ def _loss_x_ticks(page) -> list[float]:
     }""")
 
 
+STEPS = 100  # the identity demo, shorter: enough steps to stop mid-way, quick on 2 busy cores
+
+
 def test_stop_mid_run_then_resume_draws_the_whole_run(page, app):
     url, services, _ = app
+    _tab(page, "configure")
+    box = page.locator("#cfg-max-steps input")
+    box.fill(str(STEPS))
+    box.press("Tab")
     _tab(page, "train")
     assert not _enabled(page, "btn-stop")
     page.click("#btn-start")
@@ -186,14 +193,14 @@ def test_stop_mid_run_then_resume_draws_the_whole_run(page, app):
     page.wait_for_function("!document.querySelector('#btn-stop').disabled", timeout=30_000)
     assert not _enabled(page, "btn-resume")  # a running run is not resumed
     page.wait_for_function("/step (\\d+)\\//.test(document.querySelector('#train-status').innerText) && "
-                           "+document.querySelector('#train-status').innerText.match(/step (\\d+)\\//)[1] >= 20",
+                           "+document.querySelector('#train-status').innerText.match(/step (\\d+)\\//)[1] >= 10",
                            timeout=300_000)
     page.click("#btn-stop")
     page.wait_for_function("['stopped', 'failed', 'completed'].some(s => "
                            "document.querySelector('#train-status .mf-badge').innerText.includes(s))", timeout=120_000)
     assert "stopped" in page.inner_text("#train-status .mf-badge"), _status(page)
     stopped_at = _step(page)
-    assert 20 <= stopped_at < 300, stopped_at
+    assert 10 <= stopped_at < STEPS, stopped_at
     page.wait_for_function("!document.querySelector('#btn-resume').disabled", timeout=30_000)
     assert not _enabled(page, "btn-stop")
     done = page.inner_text("#train-done")
@@ -215,7 +222,7 @@ def test_stop_mid_run_then_resume_draws_the_whole_run(page, app):
 
     view = run_view(AppContext(store=services.store, jobs=services.jobs), run_id)
     steps = [s for s, _ in view.series["loss"]]
-    assert steps[0] == 1 and steps[-1] == 300 and steps == sorted(set(steps)), steps[:5]
+    assert steps[0] == 1 and steps[-1] == STEPS and steps == sorted(set(steps)), steps[:5]
     # What the page draws: the loss plot's first x label lies before the step the run resumed at.
     ticks = _loss_x_ticks(page)
     if ticks:
