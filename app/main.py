@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--no-auth", action="store_true",
                     help="allow a share link or Space without a login (not recommended)")
     ui.add_argument("--no-browser", action="store_true",
-                    help="do not open the page in the browser (only print its address)")
+                    help="do not open the page in the browser, only print its address (or MODELFORGE_NO_BROWSER=1)")
 
     train = sub.add_parser("train", help="fine-tune a model (flags override --config)",
                            description="Fine-tune a model. Every field of the run config is a flag; "
