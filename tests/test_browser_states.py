@@ -262,4 +262,9 @@ def test_upload_clear_and_upload_again(page, shared_data):
     page.set_input_files(upload, str(shared_data / "alpaca_en_demo.json"))
     page.wait_for_function("document.querySelector('#dataset-status').innerText.includes('alpaca_en_demo')",
                            timeout=120_000)
-    page.wait_for_timeout(1000)  # a page error would come with the re-render
+    # Then a broken file: the length chart loses its data (the page error came here).
+    page.locator("#upload-dataset button[aria-label='Clear']").first.click()
+    page.set_input_files(upload, str(ROOT / "tests" / "fixtures" / "malformed" / "not_json.json"))
+    page.wait_for_function("document.querySelector('#dataset-status').innerText.includes('not_json')",
+                           timeout=120_000)
+    page.wait_for_timeout(1500)  # a page error would come with the re-render
