@@ -401,12 +401,22 @@ def build(ctx: AppContext, initial: RunConfig) -> DatasetTab:
                       status=status, outputs=[status, split, preview, hist, problems])
 
 
+def _no_lengths():
+    """An empty histogram. Not None: a plot set to None drops its chart while Gradio's resize
+    observer still measures it ("Cannot read properties of null (reading 'offsetWidth')" in the
+    page after a good file then a broken one)."""
+    import pandas as pd
+
+    return pd.DataFrame({"tokens": pd.Series([], dtype="str"), "examples": pd.Series([], dtype="int64"),
+                         "fits": pd.Series([], dtype="str")})
+
+
 def view_outputs(view: DatasetView) -> list:
     """Values for DatasetTab.outputs."""
     rows = view.problem_rows() or [["", "", "no problems found", ""]]
     label = f"Token lengths (max_length {view.max_length}; red bars are truncated)"
     hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label=label) if view.bins else
-            gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
+            gr.BarPlot(value=_no_lengths(), label="Token lengths (need the model's tokenizer)"))
     return [view.status, view.split_text, view.preview, hist, rows]
 
 
