@@ -373,12 +373,11 @@ def build(ctx: AppContext) -> ModelsTab:
 
     def _merge(model_id):
         path = merge_model(ctx, model_id)
-        return gr.File(value=path, visible=True), f"Merged into `{Path(path).name}`: download it above."
+        return path, f"Merged into `{Path(path).name}`: download it above."
 
     def _export(model_id, fmt, quant, progress=gr.Progress()):
         files, text, rows = export_model_ui(ctx, model_id, fmt, quant, progress=progress)
-        return (gr.File(value=files, visible=bool(files)), text,
-                gr.Dataframe(value=rows or None, visible=bool(rows)))
+        return files, text, rows or None
 
     def _push(model_id, repo_id, tok, priv):
         text = push_to_hub(ctx, model_id, repo_id, tok, priv)
@@ -389,9 +388,13 @@ def build(ctx: AppContext) -> ModelsTab:
     choice.change(guard(_details), choice, details_out, api_visibility="private")
     table.select(_select_row, table, choice, api_visibility="private")
     delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private")
-    merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model")
+    # The API endpoints answer plain values; the boxes are shown by a private step after success.
+    merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model").success(
+        lambda: gr.File(visible=True), None, merged_file, api_visibility="private", show_progress="hidden")
     export_btn.click(guard(_export), [choice, export_format, export_quant], [export_files, export_summary, export_table],
-                     api_name="export_model")
+                     api_name="export_model").success(
+        lambda files, rows: (gr.File(visible=bool(files)), gr.Dataframe(visible=rows is not None and len(rows) > 0)),
+        [export_files, export_table], [export_files, export_table], api_visibility="private", show_progress="hidden")
     # .then runs after an error too: the token leaves the page whatever happened.
     push.click(guard(_push), [choice, repo, token, private], [message, token], api_visibility="private").then(
         lambda: "", None, token, api_visibility="private", show_progress="hidden")

@@ -244,6 +244,17 @@ def test_stop_mid_run_then_resume_draws_the_whole_run(page, app):
     assert not page.locator("#models-merged-file").is_visible()  # no empty "Merged model" box
     metrics = page.inner_text("#models-metrics")
     assert not re.search(r"\d\.\d{5,}", metrics), metrics  # rounded to 4 significant digits
+    # An error toast: the message, then the fix on its own line; pressed twice, shown once; gone
+    # a few seconds later (it used to stay after the problem was fixed).
+    page.click("#btn-delete")
+    page.wait_for_selector(".toast-body.error", timeout=30_000)
+    page.click("#btn-delete")
+    page.wait_for_timeout(1500)
+    items = page.locator(".toast-body.error .toast-message-text")
+    assert items.count() == 1, items.all_inner_texts()
+    assert "deleting needs a confirmation" in items.first.inner_text()
+    assert page.locator(".toast-body.error .mf-toast-fix").inner_text().startswith("Fix: tick")
+    page.wait_for_selector(".toast-body.error", state="detached", timeout=30_000)
     _tab(page, "playground")
     page.click("#btn-play-refresh")
     page.wait_for_selector("#chat-base-note", state="visible", timeout=30_000)
