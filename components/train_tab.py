@@ -197,7 +197,7 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
     live = ctx.jobs.events(run_id, 0)
     # A resumed run's live events start at the resume: the sessions before it are in its
     # events.jsonl, so the curves are drawn from step 1.
-    events = earlier_events(run.output_dir, live) + live
+    events = (earlier_events(run.output_dir, live) if (run.attempts or 0) > 1 else []) + live
     v = RunView(run_id=run_id, name=run.name, status=run.status, step=run.last_step, total=run.total_steps,
                 model_id=run.model_id, n_events=len(live),
                 validation_split=float((run.config or {}).get("validation_split") or 0.0))

@@ -273,6 +273,7 @@ def test_train_view_after_a_resume_draws_the_whole_run(ctx, tmp_path):
 
     time.sleep(0.01)  # the resumed session's events are newer than the file's
     live = EventLog(run.id)  # what JobManager.resume holds in memory
+    ctx.store.mark_running(run.id, resumed=True)  # as the engine records a resume (attempt 2)
     live.emit("queued", message="starting")
     live.attach_file(tmp_path / "run" / "events.jsonl")
     live.emit("started", name="r")
