@@ -384,10 +384,14 @@ def build(ctx: AppContext) -> ModelsTab:
         return f"{icon('ok')} {text}", ""  # clears the token box
 
     details_out = [summary, curve, config, metrics]
-    refresh.click(guard(lambda sel: refresh_outputs(ctx, sel)), choice, outputs, api_visibility="private")
+    # show_progress hidden: a failed event marks its outputs with a red "Error" pill, and these
+    # outputs hold the whole panel (the toast says what went wrong).
+    refresh.click(guard(lambda sel: refresh_outputs(ctx, sel)), choice, outputs, api_visibility="private",
+                  show_progress="hidden")
     choice.change(guard(_details), choice, details_out, api_visibility="private")
     table.select(_select_row, table, choice, api_visibility="private")
-    delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private")
+    delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private",
+                 show_progress="hidden")
     # The API endpoints answer plain values; the boxes are shown by a private step after success.
     merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model").success(
         lambda: gr.File(visible=True), None, merged_file, api_visibility="private", show_progress="hidden")

@@ -588,14 +588,17 @@ def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) 
         return view_outputs(ctx, s, view, False)
 
     out = tab.outputs
+    # show_progress hidden: the outputs are the whole tab, and a failed event would cover them
+    # with red "Error" pills (the toast says what went wrong; the status card shows the run).
+    quiet = dict(api_visibility="private", show_progress="hidden")
     tab.timer.tick(guard(_tick), tab.state, out, show_progress="hidden", api_visibility="private",
                    concurrency_limit=None, trigger_mode="always_last")
-    tab.start.click(guard(_start), [tab.state, *config_inputs], out, api_visibility="private")
-    tab.stop.click(guard(_stop), tab.state, out, api_visibility="private", concurrency_limit=None)
-    tab.resume.click(guard(_resume), [tab.state, tab.runs], out, api_visibility="private")
-    tab.runs.input(guard(_pick), tab.runs, out, api_visibility="private", concurrency_limit=None)
+    tab.start.click(guard(_start), [tab.state, *config_inputs], out, **quiet)
+    tab.stop.click(guard(_stop), tab.state, out, concurrency_limit=None, **quiet)
+    tab.resume.click(guard(_resume), [tab.state, tab.runs], out, **quiet)
+    tab.runs.input(guard(_pick), tab.runs, out, concurrency_limit=None, **quiet)
     if tab.more is not None:
-        tab.more.click(guard(_more), [tab.state, tab.runs, tab.more_steps], out, api_visibility="private")
+        tab.more.click(guard(_more), [tab.state, tab.runs, tab.more_steps], out, **quiet)
     tab.attach = guard(_attach)  # run by app/ui.py on page load
 
 
