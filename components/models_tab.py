@@ -29,7 +29,7 @@ EMPTY_TEXT = "No models yet: train one on the **Train** tab (the identity demo i
 # Column widths in pixels, wide enough for each column's usual content ("445.1 KB" was cut to
 # "445.1 KE", "strategy" wrapped): on a phone the table scrolls sideways instead of squeezing
 # every column to a letter.
-COLUMN_WIDTHS = ["150px", "240px", "90px", "135px", "85px", "105px", "145px", "180px", "100px"]
+COLUMN_WIDTHS = ["140px", "215px", "100px", "140px", "85px", "120px", "110px", "170px", "95px"]
 
 
 def exports_dir() -> Path:
