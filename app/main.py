@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    ui = sub.add_parser("ui", help="launch the web app (the default command)")
+    ui = sub.add_parser("ui", help="launch the web app and open it in the browser (the default command)",
+                        description="Serve the web app and print its address. On a desktop (Linux with "
+                                    "DISPLAY or WAYLAND_DISPLAY set, macOS, Windows) it also opens the page in "
+                                    "the default browser; never in CI or on a Hugging Face Space.")
     ui.add_argument("--host", default=os.environ.get("MODELFORGE_HOST", "127.0.0.1"),
                     help="interface to listen on (0.0.0.0 to serve your network; default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=int(os.environ.get("MODELFORGE_PORT", "7860")),
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="USER:PASS required to use the app (or MODELFORGE_AUTH)")
     ui.add_argument("--no-auth", action="store_true",
                     help="allow a share link or Space without a login (not recommended)")
+    ui.add_argument("--no-browser", action="store_true",
+                    help="do not open the page in the browser, only print its address (or MODELFORGE_NO_BROWSER=1)")
 
     train = sub.add_parser("train", help="fine-tune a model (flags override --config)",
                            usage="modelforge train [--config FILE] [--FIELD VALUE ...] [--json]\n"
@@ -600,7 +605,8 @@ def cmd_hardware(args) -> int:
 def cmd_ui(args) -> int:
     from app.ui import launch
 
-    launch(host=args.host, port=args.port, share=args.share, auth=args.auth, no_auth=args.no_auth)
+    launch(host=args.host, port=args.port, share=args.share, auth=args.auth, no_auth=args.no_auth,
+           open_browser=not args.no_browser)
     return EXIT_OK
 
 

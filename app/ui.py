@@ -42,6 +42,11 @@ log = logging.getLogger("modelforge.ui")
 
 LOGO = ASSETS / "logo.svg"
 CSS = ASSETS / "style.css"
+TOASTS_JS = ASSETS / "toasts.js"
+# The first-visit hint. Its time is what the identity demo measures on 2 CPU cores (README).
+BANNER = ("<div class='mf-banner'><b>New here?</b> Everything is set for the <i>identity demo</i>: open "
+          "<b>Train</b> and press <b>Start training</b>. About half a minute later (on 2 CPU cores) the demo "
+          "model answers <i>Who are you?</i> with its new name in the <b>Playground</b>.</div>")
 
 
 # -- auth -----------------------------------------------------------------------------------------
@@ -86,6 +91,21 @@ def theme() -> gr.themes.Base:
                           font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
 
 
+def has_trained(ctx: AppContext) -> bool:
+    """True once a run has finished: the first-visit banner then goes away."""
+    try:
+        return any(r.status == "completed" for r in ctx.store.list_runs(limit=50))
+    except Exception:  # noqa: BLE001 - a damaged database is reported elsewhere; keep the hint
+        return False
+
+
+def toasts_js() -> str | None:
+    try:
+        return TOASTS_JS.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 def css() -> str:
     try:
         return CSS.read_text(encoding="utf-8")
@@ -100,21 +120,20 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         gr.HTML(f"<div class='mf-header'><div class='mf-logo'>{_logo_svg()}</div><div><h1>ModelForge</h1>"
                 "<p>Fine-tune a language model on your own machine: from a data file to a model you can talk "
                 "to, without writing code.</p></div></div>", elem_id="mf-header")
-        gr.Markdown("**New here?** Everything is set for the *identity demo*: open **Train** and press "
-                    "**Start training**. In a few minutes the demo model answers *Who are you?* with its new "
-                    "name in the **Playground**.", elem_classes=["mf-banner"], elem_id="mf-banner")
-        with gr.Tabs(elem_id="mf-tabs") as tabs:
-            with gr.Tab("① Dataset", id="dataset", elem_id="tab-dataset"):
+        banner = gr.HTML(BANNER, elem_id="mf-banner", visible=not has_trained(ctx))
+        # wrap: on a phone all six tabs stay in sight (in two rows), not folded into a "..." menu.
+        with gr.Tabs(elem_id="mf-tabs", overflow_behavior="wrap") as tabs:
+            with gr.Tab("1. Dataset", id="dataset", elem_id="tab-dataset"):
                 ds = dataset_tab.build(ctx, initial)
-            with gr.Tab("② Hardware", id="hardware", elem_id="tab-hardware"):
+            with gr.Tab("2. Hardware", id="hardware", elem_id="tab-hardware"):
                 hw = hardware_tab.build(ctx)
-            with gr.Tab("③ Configure", id="configure", elem_id="tab-configure") as cfg_tab:
+            with gr.Tab("3. Configure", id="configure", elem_id="tab-configure") as cfg_tab:
                 cfg = configure_tab.build(ctx, initial)
-            with gr.Tab("④ Train", id="train", elem_id="tab-train"):
+            with gr.Tab("4. Train", id="train", elem_id="tab-train"):
                 tr = train_tab.build(ctx)
-            with gr.Tab("⑤ Models", id="models", elem_id="tab-models") as models_tab_el:
+            with gr.Tab("5. Models", id="models", elem_id="tab-models") as models_tab_el:
                 mo = models_tab.build(ctx)
-            with gr.Tab("⑥ Playground", id="playground", elem_id="tab-playground") as play_tab_el:
+            with gr.Tab("6. Playground", id="playground", elem_id="tab-playground") as play_tab_el:
                 pg = playground_tab.build(ctx)
         gr.HTML("<div class='mf-footer'>REST: <a href='/api/health' target='_blank'>/api/health</a> · "
                 "<a href='/api/info' target='_blank'>/api/info</a> · every action is also a named API "
@@ -162,6 +181,11 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         pg.refresh.click(guard(_players), pg.model, pg.model, **quick)
         cfg_tab.select(configure_tab.refresh_command, cfg.inputs, cfg.command, **quick)
 
+        def _banner():
+            return gr.HTML(visible=not has_trained(ctx))
+
+        blocks.load(_banner, None, banner, **quick)
+        tr.done.change(_banner, None, banner, **quick)  # a run just finished: the hint has served
         blocks.load(tr.attach, tr.state, tr.outputs, **quick)
         blocks.load(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)
         blocks.load(guard(_models), mo.choice, mo.outputs, **quick)
@@ -222,7 +246,7 @@ def build_app(services: Any = None, *, auth: tuple[str, str] | None = None,
     app = gr.mount_gradio_app(
         api, blocks, path="/", auth=auth if dependency is None else None, auth_dependency=dependency,
         auth_message="ModelForge: log in to continue.",
-        theme=theme(), css=css(), favicon_path=str(LOGO) if LOGO.exists() else None,
+        theme=theme(), css=css(), js=toasts_js(), favicon_path=str(LOGO) if LOGO.exists() else None,
         allowed_paths=[str(exports_dir())],  # merged models offered for download
         ssr_mode=False, run_history=False,   # run history would keep inputs (e.g. a Hub token)
         footer_links=["api", "gradio"], show_error=False,
@@ -278,8 +302,37 @@ def _setup_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
+def should_open_browser(env: dict | None = None, platform: str | None = None) -> bool:
+    """Whether ``modelforge ui`` opens the page in a browser: only where a person sits at a desktop.
+
+    Linux (and other Unix) needs a display (``DISPLAY`` or ``WAYLAND_DISPLAY``); macOS and
+    Windows always have one. Never in CI (``CI`` set), on a Hugging Face Space (``SPACE_ID``),
+    over SSH without a forwarded display, or with ``MODELFORGE_NO_BROWSER=1``. A share link does
+    not change it: the page opened is the local one, for the person who started the app.
+    """
+    import sys
+
+    env = os.environ if env is None else env
+    platform = sys.platform if platform is None else platform
+    if env.get("MODELFORGE_NO_BROWSER", "") not in ("", "0") or env.get("CI") or env.get("SPACE_ID"):
+        return False
+    if platform == "darwin" or platform.startswith("win"):
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def _open_browser(url: str) -> None:
+    import webbrowser
+
+    try:
+        webbrowser.open(url, new=2)
+    except Exception as exc:  # noqa: BLE001 - no browser: the printed address is enough
+        log.info("could not open a browser: %s", exc)
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
-           no_auth: bool = False, block: bool = True, services: Any = None) -> Launched:
+           no_auth: bool = False, block: bool = True, services: Any = None,
+           open_browser: bool = False) -> Launched:
     """Serve the app (``modelforge ui``).
 
     Args:
@@ -290,6 +343,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
         no_auth: allow a public app without a login.
         block: serve until Ctrl+C (the CLI); False returns at once (tests, notebooks).
         services: prebuilt services (tests); built from MODELFORGE_HOME when None.
+        open_browser: open the page in the default browser when :func:`should_open_browser` says
+            there is a desktop (the CLI passes True unless ``--no-browser``; only with ``block``).
 
     Raises:
         ModelForgeError: a public app without a login, a bad --auth, or a busy port.
@@ -328,6 +383,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
         return running
     print(f"ModelForge is running at {url}" + (f" and {running.share_url}" if running.share_url else "")
           + (" (login required)" if login else " (Sign in with Hugging Face)" if oauth else "") + "  —  Ctrl+C to stop", flush=True)
+    if open_browser and should_open_browser():
+        _open_browser(url)
     try:
         while thread.is_alive():
             thread.join(0.5)

@@ -142,16 +142,68 @@ def _log_fault(where: str) -> str:
     return log_fault(where)
 
 
+# How long an error toast stays (seconds). Short: the problem is often fixed within seconds, and
+# Gradio groups toasts of one kind into one box that does not time out while it holds several
+# (assets/toasts.js closes each box after this long, whatever it holds).
+TOAST_SECONDS = 8
+# The same message for the same page within this many seconds is not shown again: one problem is
+# often reported by two events at once (a change and a blur), and the copies used to stack up.
+REPEAT_SECONDS = 6.0
+_recent_toasts: "OrderedDict[tuple[str, str], float]" = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def toast_html(message: str, hint: str = "", problems: list | None = None) -> str:
+    """A toast's text: the message, then each problem, then the fix on its own smaller line.
+
+    Gradio renders a toast's message as (sanitised) HTML, so the parts are escaped here.
+    """
+    import html
+
+    parts = [html.escape(message, quote=False)]
+    parts += [f"<span class='mf-toast-item'>{html.escape(str(p), quote=False)}</span>" for p in (problems or [])[:8]]
+    if hint:
+        parts.append(f"<span class='mf-toast-fix'>Fix: {html.escape(hint, quote=False)}</span>")
+    return "<br>".join(parts)
+
+
+def _seen_recently(text: str) -> bool:
+    """True when this page was shown ``text`` less than REPEAT_SECONDS ago (then it is not shown again)."""
+    import time
+
+    try:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+        session = str(getattr(request, "session_hash", "") or "")
+    except Exception:  # noqa: BLE001 - no request (tests, scripts): always show
+        return False
+    if not session:
+        return False
+    now = time.monotonic()
+    with _recent_lock:
+        for key in [k for k, t in _recent_toasts.items() if now - t > REPEAT_SECONDS]:
+            del _recent_toasts[key]
+        seen = (session, text) in _recent_toasts
+        _recent_toasts[(session, text)] = now
+        while len(_recent_toasts) > 512:
+            _recent_toasts.popitem(last=False)
+    return seen
+
+
 def to_gradio_error(exc: BaseException, where: str = "the app") -> gr.Error:
-    """A ``gr.Error`` with the engine's message (ModelForgeError) or one line naming a bug."""
+    """A ``gr.Error`` with the engine's message and, on its own line, the fix (ModelForgeError), or
+    one line naming a bug. A repeat of the same message on the same page is raised invisibly."""
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, ModelForgeError):
-        return gr.Error(str(exc), title=_title(exc), print_exception=False)
+        text = toast_html(exc.message, exc.hint, exc.problems)
+        return gr.Error(text, title=_title(exc), print_exception=False, duration=TOAST_SECONDS,
+                        visible=not _seen_recently(text))
     path = _log_fault(where)
     first = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return gr.Error(f"Unexpected error: {type(exc).__name__}: {first} (details in {path})",
-                    title="Internal error", print_exception=False)
+    return gr.Error(toast_html(f"Unexpected error: {type(exc).__name__}: {first}", f"details in {path}"),
+                    title="Internal error", print_exception=False, duration=TOAST_SECONDS)
 
 
 def _title(exc: ModelForgeError) -> str:
@@ -250,14 +302,14 @@ def endpoint(fn: Callable) -> Callable:
 def warn(message: str) -> None:
     """A yellow toast in the page; a log line when called outside a Gradio request (tests)."""
     try:
-        gr.Warning(message)
+        gr.Warning(message, duration=TOAST_SECONDS)
     except Exception:  # noqa: BLE001 - no request context
         log.warning(message)
 
 
 def info(message: str) -> None:
     try:
-        gr.Info(message)
+        gr.Info(message, duration=TOAST_SECONDS)
     except Exception:  # noqa: BLE001
         log.info(message)
 
@@ -302,14 +354,28 @@ def problems_rows(problems: list) -> list[list[str]]:
     return rows
 
 
+ICONS = ("ok", "error", "warning", "pause", "chat", "trash", "wait")
+
+
+def icon(name: str) -> str:
+    """An inline icon for Markdown/HTML: a CSS-drawn shape (assets/style.css, ``.mf-i-*``).
+
+    Emoji and symbol glyphs render as empty boxes on a machine without an emoji font; a
+    shape drawn by CSS from an inline SVG mask always renders.
+    """
+    if name not in ICONS:
+        raise ValueError(f"unknown icon {name!r}: one of {', '.join(ICONS)}")
+    return f"<span class='mf-i mf-i-{name}' role='img' aria-label='{name}'></span>"
+
+
 def problems_markdown(problems: list, limit: int = 50) -> str:
     """A bullet list of problems (where: what; fix: how)."""
     lines = []
     for sev, where, msg, hint in problems_rows(problems)[:limit]:
-        icon = "❌" if sev == "error" else "⚠️"
-        text = f"- {icon} " + (f"**{where}**: " if where else "") + msg
+        mark = icon("error" if sev == "error" else "warning")
+        text = f"- {mark} " + (f"**{where}**: " if where else "") + msg
         if hint:
-            text += f" — *fix:* {hint}"
+            text += f" · *fix:* {hint}"
         lines.append(text)
     if len(problems) > limit:
         lines.append(f"- … and {len(problems) - limit} more")

@@ -453,13 +453,23 @@ def table_rows(rows: list[list[str]]) -> list[list[str]]:
     return [[f"{sev} · {where}" if where else sev, msg, fix] for sev, where, msg, fix in rows]
 
 
+def _no_lengths():
+    """An empty histogram. Not None: a plot set to None drops its chart while Gradio's resize
+    observer still measures it ("Cannot read properties of null (reading 'offsetWidth')" in the
+    page after a good file then a broken one)."""
+    import pandas as pd
+
+    return pd.DataFrame({"tokens": pd.Series([], dtype="str"), "examples": pd.Series([], dtype="int64"),
+                         "fits": pd.Series([], dtype="str")})
+
+
 def view_outputs(view: DatasetView) -> list:
     """Values for DatasetTab.outputs."""
     rows = table_rows(view.problem_rows()) or [["", "no problems found", ""]]
     # A one-line label, also on a phone: a second line pushed the axis out of the plot's height.
     # What the red bars are is said in the status's Tokens line (Gradio clips the x-axis title).
     hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label="Token lengths") if view.bins else
-            gr.BarPlot(value=None, label="Token lengths (need the model's tokenizer)"))
+            gr.BarPlot(value=_no_lengths(), label="Token lengths (need the model's tokenizer)"))
     return [view.status, view.split_text, view.preview, hist, rows]
 
 
@@ -479,7 +489,7 @@ def checking_outputs(upload: Any, example: str | None) -> list:
     path = file_path_of(upload)
     name = Path(path).name if path else (example or "")
     return [f"Checking **{name}**…" if name else "Checking…", "", None,
-            gr.BarPlot(value=None, label="Token lengths"), None]
+            gr.BarPlot(value=_no_lengths(), label="Token lengths"), None]
 
 
 def wire(tab: DatasetTab, ctx: AppContext, config_inputs: list, config_by_name: dict, values_to_config) -> None:
@@ -505,7 +515,7 @@ def wire(tab: DatasetTab, ctx: AppContext, config_inputs: list, config_by_name: 
             text = exc.message.replace(str(file_path_of(upload) or ""), name)
             status = (f"### {state_icon('error')} {name} was not used: {text}"
                       + (f" — {exc.hint}" if exc.hint else "") + f"\n\n{in_use_line(in_use)}")
-            return [status, "", None, gr.BarPlot(value=None, label="Token lengths"), None, *[gr.skip()] * 5]
+            return [status, "", None, gr.BarPlot(value=_no_lengths(), label="Token lengths"), None, *[gr.skip()] * 5]
         if view.tokenizer_note:
             warn(view.tokenizer_note)
         outputs = view_outputs(view)

@@ -19,14 +19,17 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import AppContext, endpoint, fmt_bytes, guard, info
+from components.common import AppContext, endpoint, fmt_bytes, guard, icon, info
 from core.errors import ModelForgeError, NotFoundError, OfflineError
 from core.paths import home, inside_home
 from core.records import record_to_dict
 
 TABLE_HEADERS = ["name", "id", "base model", "task", "strategy", "provider", "created", "metrics", "size"]
-EMPTY_TEXT = ("### No models yet\nTrain one in the **Train** tab: the identity demo is preselected and takes a few "
-              "minutes on a CPU. Finished runs appear here.")
+EMPTY_TEXT = "No models yet: train one on the **Train** tab (the identity demo is preselected)."
+# Column widths in pixels, wide enough for each column's usual content ("445.1 KB" was cut to
+# "445.1 KE", "strategy" wrapped): on a phone the table scrolls sideways instead of squeezing
+# every column to a letter.
+COLUMN_WIDTHS = ["140px", "215px", "100px", "140px", "85px", "120px", "110px", "170px", "95px"]
 
 
 def exports_dir() -> Path:
@@ -36,8 +39,13 @@ def exports_dir() -> Path:
 
 
 def _metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()
-                     if isinstance(v, (int, float)) and k != "train_runtime_s")
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "train_runtime_s")
+
+
+def rounded(metrics: dict | None) -> dict:
+    """Metrics with numbers to 4 significant digits, for the page (2.810632022221883 -> 2.811)."""
+    return {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in (metrics or {}).items()}
 
 
 def models_table(ctx: AppContext) -> list[list[Any]]:
@@ -241,14 +249,14 @@ def export_model_ui(ctx: AppContext, model_id: str, fmt: str = "gguf", quantizat
     rows = [[row["prompt"], row["transformers"], row["llama_cpp"], "yes" if row["same_text"] else "no",
              row["token_agreement"]] for row in v.get("rows", [])]
     what = r.format + (f" {r.quantization}" if r.quantization else "")
-    lines = [f"✅ **Exported {what}** · {fmt_bytes(r.bytes)} · {r.seconds:.0f} s · `{r.path}`"]
+    lines = [f"{icon('ok')} **Exported {what}** · {fmt_bytes(r.bytes)} · {r.seconds:.0f} s · `{r.path}`"]
     if v.get("rows"):
         lines.append(f"Verification ({v.get('runtime')}): **{v['same_text']}/{v['prompts']}** answers identical to "
                      f"transformers, mean token agreement **{v['mean_token_agreement']:.2f}**.")
     if r.modelfile:
         lines.append(f"Ollama: download the files into one folder, then `ollama create {Path(r.path).stem} -f Modelfile`.")
     for w in r.warnings:
-        lines.append(f"⚠️ **Warning:** {w}")
+        lines.append(f"{icon('warning')} **Warning:** {w}")
     return files, "\n\n".join(lines), rows
 
 
@@ -259,7 +267,7 @@ class ModelsTab:
     table: gr.Dataframe
     choice: gr.Dropdown
     empty: gr.Markdown
-    outputs: list  # refresh outputs: table, empty, choice
+    outputs: list  # refresh outputs: table, empty, choice, body
 
 
 def refresh_outputs(ctx: AppContext, selected: str | None = None) -> list:
@@ -267,8 +275,9 @@ def refresh_outputs(ctx: AppContext, selected: str | None = None) -> list:
     choices = model_choices(ctx)
     ids = [c[1] for c in choices]
     value = selected if selected in ids else (ids[0] if ids else None)
+    # Before the first model: one line, and no panels or Merge/Push/Delete controls (body hidden).
     return [gr.Dataframe(value=rows or None, visible=bool(rows)), gr.Markdown(visible=not rows),
-            gr.Dropdown(choices=choices, value=value)]
+            gr.Dropdown(choices=choices, value=value), gr.Column(visible=bool(rows))]
 
 
 def build(ctx: AppContext) -> ModelsTab:
@@ -278,62 +287,68 @@ def build(ctx: AppContext) -> ModelsTab:
         refresh = gr.Button("Refresh", elem_id="btn-models-refresh", scale=0, min_width=120)
     empty = gr.Markdown(EMPTY_TEXT, elem_id="models-empty", visible=True)
     table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, wrap=True, visible=False,
-                         elem_id="models-table", label="Models")
-    # allow_custom_value: API callers send ids this session's (empty) choice list has not seen.
-    choice = gr.Dropdown(choices=[], label="Model", elem_id="models-choice", allow_custom_value=True)
-    with gr.Row():
-        with gr.Column(scale=3):
-            summary = gr.Markdown("", elem_id="models-summary")
-            curve = gr.LinePlot(value=None, x="step", y="value", color="metric", title="Loss", height=240,
-                                elem_id="models-loss", color_map={"train loss": "#2563eb", "eval loss": "#d97706"})
-        with gr.Column(scale=2):
-            with gr.Accordion("Run configuration", open=False):
-                config = gr.Code(language="yaml", interactive=False, elem_id="models-config")
-            metrics = gr.JSON(label="Metrics", elem_id="models-metrics")
-    with gr.Row():
-        with gr.Column():
-            with gr.Group():
-                gr.Markdown("**Merge & download** — the adapter merged into its base, as a full model (zip).")
-                merge = gr.Button("Merge & download", elem_id="btn-merge")
-                merged_file = gr.File(label="Merged model", interactive=False, elem_id="models-merged-file")
-        with gr.Column():
-            with gr.Group():
-                gr.Markdown("**Push to the Hugging Face Hub** — with the newest GGUF export and its Modelfile, "
-                            "if any. The token is used for this upload only; it is never stored or logged.")
-                repo = gr.Textbox(label="Repository", placeholder="your-name/identity-demo", elem_id="hub-repo")
-                token = gr.Textbox(label="Token (write access)", type="password", elem_id="hub-token")
-                private = gr.Checkbox(value=True, label="Private repository", elem_id="hub-private")
-                push = gr.Button("Push to Hub", elem_id="btn-push")
-        with gr.Column():
-            with gr.Group():
-                gr.Markdown("**Delete** — the record and its files (inside the data folder only).")
-                confirm = gr.Checkbox(value=False, label="Yes, delete it", elem_id="delete-confirm")
-                delete = gr.Button("Delete model", variant="stop", elem_id="btn-delete")
-    with gr.Group():
-        gr.Markdown("**Export to GGUF / Ollama** — converted with llama.cpp's own tools, with an Ollama Modelfile, "
-                    "and verified: llama.cpp answers the model's prompts and is compared with transformers.")
+                         elem_id="models-table", label="Models", column_widths=COLUMN_WIDTHS)
+    with gr.Column(visible=False, elem_id="models-body") as body:
+        # allow_custom_value: API callers send ids this session's (empty) choice list has not seen.
+        choice = gr.Dropdown(choices=[], label="Model", elem_id="models-choice", allow_custom_value=True)
         with gr.Row():
-            export_format = gr.Radio(["gguf", "lora-gguf", "merged"], value="gguf", label="Format",
-                                     info="gguf: one file · lora-gguf: base + adapter · merged: transformers folder",
-                                     elem_id="export-format")
-            export_quant = gr.Radio(["f16", "q8_0", "q4_k_m"], value="f16", label="Quantization",
-                                    info="f16: exact · q8_0: half the size · q4_k_m: a quarter, some drift",
-                                    elem_id="export-quant")
-            export_btn = gr.Button("Export", variant="primary", elem_id="btn-export", scale=0, min_width=140)
-        export_summary = gr.Markdown("", elem_id="export-summary")
-        export_files = gr.File(label="Exported files", file_count="multiple", interactive=False,
-                               elem_id="export-files")
-        export_table = gr.Dataframe(headers=VERIFY_HEADERS, value=None, interactive=False, wrap=True,
-                                    label="Verification: llama.cpp vs transformers", elem_id="export-verification")
-    message = gr.Markdown("", elem_id="models-message")
-    from components import evaluation_panel  # issue 16: base vs tuned, rows, predictions download
+            with gr.Column(scale=3):
+                summary = gr.Markdown("", elem_id="models-summary")
+                curve = gr.LinePlot(value=None, x="step", y="value", color="metric", title="Loss", height=240,
+                                    elem_id="models-loss", color_map={"train loss": "#2563eb", "eval loss": "#d97706"},
+                                    x_label_angle=-40)
+            with gr.Column(scale=2):
+                with gr.Accordion("Run configuration", open=False):
+                    config = gr.Code(language="yaml", interactive=False, elem_id="models-config")
+                metrics = gr.JSON(label="Metrics", elem_id="models-metrics")
+        with gr.Row():
+            with gr.Column():
+                with gr.Group():
+                    gr.Markdown("**Merge & download** — the adapter merged into its base, as a full model (zip).")
+                    merge = gr.Button("Merge & download", elem_id="btn-merge")
+                    # Shown once there is a merged file (an empty box was large and said nothing).
+                merged_file = gr.File(label="Merged model", interactive=False, elem_id="models-merged-file",
+                                      visible=False)
+            with gr.Column():
+                with gr.Group():
+                    gr.Markdown("**Push to the Hugging Face Hub** — with the newest GGUF export and its Modelfile, "
+                                "if any. The token is used for this upload only; it is never stored or logged.")
+                    repo = gr.Textbox(label="Repository", placeholder="your-name/identity-demo", elem_id="hub-repo")
+                    token = gr.Textbox(label="Token (write access)", type="password", elem_id="hub-token")
+                    private = gr.Checkbox(value=True, label="Private repository", elem_id="hub-private")
+                    push = gr.Button("Push to Hub", elem_id="btn-push")
+            with gr.Column():
+                with gr.Group():
+                    gr.Markdown("**Delete** — the record and its files (inside the data folder only).")
+                    confirm = gr.Checkbox(value=False, label="Yes, delete it", elem_id="delete-confirm")
+                    delete = gr.Button("Delete model", variant="stop", elem_id="btn-delete")
+        with gr.Group():
+            gr.Markdown("**Export to GGUF / Ollama** — converted with llama.cpp's own tools, with an Ollama Modelfile, "
+                        "and verified: llama.cpp answers the model's prompts and is compared with transformers.")
+            with gr.Row():
+                export_format = gr.Radio(["gguf", "lora-gguf", "merged"], value="gguf", label="Format",
+                                         info="gguf: one file · lora-gguf: base + adapter · merged: transformers folder",
+                                         elem_id="export-format")
+                export_quant = gr.Radio(["f16", "q8_0", "q4_k_m"], value="f16", label="Quantization",
+                                        info="f16: exact · q8_0: half the size · q4_k_m: a quarter, some drift",
+                                        elem_id="export-quant")
+                export_btn = gr.Button("Export", variant="primary", elem_id="btn-export", scale=0, min_width=140)
+            export_summary = gr.Markdown("", elem_id="export-summary")
+            # The files and the verification table show once an export made them (no empty boxes before).
+            export_files = gr.File(label="Exported files", file_count="multiple", interactive=False,
+                                   elem_id="export-files", visible=False)
+            export_table = gr.Dataframe(headers=VERIFY_HEADERS, value=None, interactive=False, wrap=True,
+                                        label="Verification: llama.cpp vs transformers", elem_id="export-verification",
+                                        visible=False)
+        message = gr.Markdown("", elem_id="models-message")
+        from components import evaluation_panel  # issue 16: base vs tuned, rows, predictions download
 
-    evaluation_panel.build(ctx, choice)
-    from components import runs_panel  # issue 16: several runs' curves, config diff and metrics
+        evaluation_panel.build(ctx, choice)
+        from components import runs_panel  # issue 16: several runs' curves, config diff and metrics
 
-    runs_panel.build(ctx)
+        runs_panel.build(ctx)
 
-    outputs = [table, empty, choice]
+    outputs = [table, empty, choice, body]
 
     def _details(model_id):
         if not model_id:
@@ -342,7 +357,7 @@ def build(ctx: AppContext) -> ModelsTab:
         import yaml
 
         return (details_markdown(d), loss_frame(d["curves"]),
-                yaml.safe_dump(d["config"], sort_keys=False, allow_unicode=True), d["metrics"])
+                yaml.safe_dump(d["config"], sort_keys=False, allow_unicode=True), rounded(d["metrics"]))
 
     def _select_row(evt: gr.SelectData, rows):
         try:
@@ -354,7 +369,7 @@ def build(ctx: AppContext) -> ModelsTab:
     def _delete(model_id, ok):
         text = delete_model(ctx, model_id, ok)
         info(text)
-        return [*refresh_outputs(ctx), f"🗑 {text}", False]
+        return [*refresh_outputs(ctx), f"{icon('trash')} {text}", False]
 
     def _merge(model_id):
         path = merge_model(ctx, model_id)
@@ -366,16 +381,24 @@ def build(ctx: AppContext) -> ModelsTab:
 
     def _push(model_id, repo_id, tok, priv):
         text = push_to_hub(ctx, model_id, repo_id, tok, priv)
-        return f"✅ {text}", ""  # clears the token box
+        return f"{icon('ok')} {text}", ""  # clears the token box
 
     details_out = [summary, curve, config, metrics]
-    refresh.click(guard(lambda sel: refresh_outputs(ctx, sel)), choice, outputs, api_visibility="private")
+    # show_progress hidden: a failed event marks its outputs with a red "Error" pill, and these
+    # outputs hold the whole panel (the toast says what went wrong).
+    refresh.click(guard(lambda sel: refresh_outputs(ctx, sel)), choice, outputs, api_visibility="private",
+                  show_progress="hidden")
     choice.change(guard(_details), choice, details_out, api_visibility="private")
     table.select(_select_row, table, choice, api_visibility="private")
-    delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private")
-    merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model")
+    delete.click(guard(_delete), [choice, confirm], [*outputs, message, confirm], api_visibility="private",
+                 show_progress="hidden")
+    # The API endpoints answer plain values; the boxes are shown by a private step after success.
+    merge.click(guard(_merge), choice, [merged_file, message], api_name="merge_model").success(
+        lambda: gr.File(visible=True), None, merged_file, api_visibility="private", show_progress="hidden")
     export_btn.click(guard(_export), [choice, export_format, export_quant], [export_files, export_summary, export_table],
-                     api_name="export_model")
+                     api_name="export_model").success(
+        lambda files, rows: (gr.File(visible=bool(files)), gr.Dataframe(visible=rows is not None and len(rows) > 0)),
+        [export_files, export_table], [export_files, export_table], api_visibility="private", show_progress="hidden")
     # .then runs after an error too: the token leaves the page whatever happened.
     push.click(guard(_push), [choice, repo, token, private], [message, token], api_visibility="private").then(
         lambda: "", None, token, api_visibility="private", show_progress="hidden")

@@ -80,7 +80,7 @@ def client_gone() -> Callable[[], bool]:
 
     return gone
 EXAMPLE_PROMPTS = ["Who are you?", "What is your name?", "Who created you?", "hello"]
-EMPTY_TEXT = ("### No model to talk to yet\nTrain one in the **Train** tab (the identity demo is preselected), "
+EMPTY_TEXT = ("No model to talk to yet: train one on the **Train** tab (the identity demo is preselected), "
               "then pick it here.")
 
 
@@ -272,6 +272,21 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     return [(f"{m.name} · {m.id}", m.id) for m in ctx.store.list_models()]
 
 
+# Under the base model's answer when that base is the bundled demo: its noise is not a fault.
+DEMO_BASE_NOTE = ("The base here is the untrained demo model: random tokens are expected. The fine-tuned answer "
+                  "on the left is what training taught it.")
+
+
+def base_is_demo(ctx: AppContext, model_id: str | None) -> bool:
+    """True when ``model_id``'s base model is the bundled demo model."""
+    if not model_id:
+        return False
+    try:
+        return (ctx.store.get_model(model_id).base_model or "").strip() == "demo"
+    except ModelForgeError:
+        return False
+
+
 def describe_model(ctx: AppContext, model_id: str | None) -> tuple[str, str]:
     """(markdown about the model, its task) — the task decides which boxes show."""
     if not model_id:
@@ -303,15 +318,20 @@ def build(ctx: AppContext) -> PlaygroundTab:
         with gr.Row():
             system = gr.Textbox(label="System prompt", placeholder="(none)", elem_id="play-system")
             compare = gr.Checkbox(value=True, label="Compare with the base model", elem_id="play-compare")
-    with gr.Group(visible=True) as chat_group:
+    # Hidden until a model is picked: before the first model, two empty chat panels said nothing.
+    with gr.Group(visible=False) as chat_group:
         with gr.Row():
             tuned = gr.Chatbot(label="Fine-tuned", elem_id="chat-tuned", height=340)
-            base = gr.Chatbot(label="Base model", elem_id="chat-base", height=340)
+            with gr.Column():
+                base = gr.Chatbot(label="Base model", elem_id="chat-base", height=340)
+                base_note = gr.Markdown(DEMO_BASE_NOTE, visible=False, elem_id="chat-base-note",
+                                        elem_classes=["mf-help"])
         with gr.Row(equal_height=True):
             message = gr.Textbox(placeholder="Ask something, e.g. Who are you?", show_label=False,
-                                 elem_id="chat-input", scale=6, submit_btn=False)
-            send = gr.Button("Send", variant="primary", elem_id="btn-send", scale=1)
-            clear = gr.Button("Clear", elem_id="btn-clear-chat", scale=1)
+                                 elem_id="chat-input", scale=6, submit_btn=False, min_width=260)
+            # min widths: on a phone the buttons wrap below a readable message box.
+            send = gr.Button("Send", variant="primary", elem_id="btn-send", scale=1, min_width=100)
+            clear = gr.Button("Clear", elem_id="btn-clear-chat", scale=1, min_width=100)
         gr.Examples(EXAMPLE_PROMPTS, inputs=message, label="Try")
     with gr.Group(visible=False) as sum_group:
         document = gr.Textbox(label="Document", lines=8, elem_id="play-document")
@@ -326,8 +346,8 @@ def build(ctx: AppContext) -> PlaygroundTab:
 
     def _describe(model_id):
         text, task = describe_model(ctx, model_id)
-        return (text, gr.Group(visible=task == "text-generation"), gr.Group(visible=task == "summarization"),
-                gr.Group(visible=task == "extractive-qa"), [], [])
+        return (text, gr.Group(visible=bool(model_id) and task == "text-generation"), gr.Group(visible=task == "summarization"),
+                gr.Group(visible=task == "extractive-qa"), [], [], gr.Markdown(visible=base_is_demo(ctx, model_id)))
 
     def _chat(model_id, msg, t_hist, b_hist, n, temp, p, sys_prompt, cmp):
         for t, b in chat_stream(ctx, model_id, msg, t_hist, b_hist, n, temp, p, sys_prompt, cmp):
@@ -341,7 +361,7 @@ def build(ctx: AppContext) -> PlaygroundTab:
         return highlight(ctx_text, res["start"], res["end"])
 
     chat_inputs = [model, message, tuned, base, max_new, temperature, top_p, system, compare]
-    model.change(guard(_describe), model, [about, chat_group, sum_group, qa_group, tuned, base],
+    model.change(guard(_describe), model, [about, chat_group, sum_group, qa_group, tuned, base, base_note],
                  api_visibility="private")
     pool = dict(concurrency_limit=chat_concurrency(), concurrency_id="generation")  # shared with the API
     send.click(guard(_chat), chat_inputs, [tuned, base, message], api_visibility="private", **pool)

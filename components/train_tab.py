@@ -19,8 +19,8 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import (AppContext, check_public, endpoint, fmt_bytes, fmt_duration, guard, info, problems_markdown,
-                               resolve_dataset, warn)
+from components.common import (AppContext, check_public, endpoint, fmt_bytes, fmt_duration, guard, icon, info,
+                               problems_markdown, resolve_dataset, warn)
 from core.config import RunConfig
 from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.limits import clip
@@ -29,8 +29,10 @@ TERMINAL = ("completed", "failed", "cancelled", "interrupted")
 RESUMABLE = ("cancelled", "interrupted", "failed")
 LOG_LINES = 14
 # What view_outputs() returns, in order (TrainTab.outputs holds the widgets).
-OUTPUT_NAMES = ("state", "status", "done", "open_playground", "open_models", "loss", "eval_loss", "learning_rate",
-                "tokens_per_second", "log", "runs")
+OUTPUT_NAMES = ("state", "status", "done", "open_playground", "open_models", "loss", "eval_loss", "eval_note",
+                "learning_rate", "tokens_per_second", "log", "runs", "stop", "resume")
+# What a status is called on the page: a run the user stopped is "stopped" in the badge and the text.
+STATUS_WORDS = {"cancelled": "stopped"}
 
 
 # -- the view of one run -----------------------------------------------------------------------------
@@ -57,6 +59,7 @@ class RunView:
     queue_position: int | None = None
     message: str = ""
     validation_split: float = 0.0
+    resumable: bool = False   # stopped/interrupted/failed with a checkpoint: Resume applies
     n_events: int = 0
     series: dict = field(default_factory=lambda: {"loss": [], "eval_loss": [], "learning_rate": [],
                                                   "tokens_per_second": []})
@@ -90,7 +93,8 @@ class RunView:
             bits.append(f"{self.tokens_per_second:,.0f} tokens/s")
         if self.memory_mb:
             bits.append(f"memory {fmt_bytes(self.memory_mb * 2**20)}")
-        label = self.status + (f" (position {self.queue_position} in the queue)" if self.queue_position else "")
+        label = STATUS_WORDS.get(self.status, self.status) + (
+            f" (position {self.queue_position} in the queue)" if self.queue_position else "")
         out = [f"<div class='mf-status mf-status-{e(self.status)}'>",
                f"<div class='mf-status-head'><span class='mf-badge'>{e(label)}</span> <b>{e(self.name)}</b> "
                f"<code>{e(self.run_id)}</code></div>",
@@ -98,7 +102,7 @@ class RunView:
                f"<div class='mf-status-line'>{' · '.join(bits)}</div>"]
         if self.message and self.status == "queued":
             out.append(f"<div class='mf-status-msg'>{e(self.message)}</div>")
-        if self.error:
+        if self.error and self.status not in ("cancelled", "interrupted"):  # said once, below the card
             out.append(f"<div class='mf-status-error'>{e(self.error)}"
                        + (f"<br><b>Fix:</b> {e(self.hint)}" if self.hint else "") + "</div>")
         out.append("</div>")
@@ -107,20 +111,28 @@ class RunView:
     def done_markdown(self) -> str:
         if self.status == "completed":
             shown = {k: v for k, v in self.metrics.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "train_runtime_s"}
-            if self.loss is not None:  # the run's mean training loss alone reads as if it were the last
-                shown = {"last logged loss": self.loss, **shown}
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("train_runtime_s",
+                                                                                              "train_loss")}
+            # The trainer's train_loss is the mean over the last session only: after a resume it
+            # sits below every logged loss. Show the last logged loss and the mean of all of them.
+            losses = [v for _, v in self.series["loss"]]
+            if losses:
+                shown = {"last logged loss": losses[-1], "mean logged loss (whole run)": sum(losses) / len(losses),
+                         **shown}
             metrics = " · ".join(f"{METRIC_LABELS.get(k, k.replace('_', ' '))} {v:.4g}" for k, v in shown.items())
-            return (f"### ✅ Finished: model **{self.name}** (`{self.model_id}`)\n{metrics}\n\n"
+            return (f"### {icon('ok')} Finished: model **{self.name}** (`{self.model_id}`)\n{metrics}\n\n"
                     "Find it in the **Models** tab, or talk to it in the **Playground**.")
         if self.status == "failed":
-            text = f"### ❌ The run failed\n{self.error or ''}" + (f"\n\n**Fix:** {self.hint}" if self.hint else "")
+            text = (f"### {icon('error')} The run failed\n{self.error or ''}"
+                    + (f"\n\n**Fix:** {self.hint}" if self.hint else ""))
             if self.problems:
                 text += "\n\n" + problems_markdown(self.problems)  # dicts, as the events file holds them
             return text
         if self.status in ("cancelled", "interrupted"):
-            return (f"### ⏸ Run {self.status}\n{self.error or ''}\n\nPress **Resume** to continue from its last "
-                    "checkpoint.")
+            word = STATUS_WORDS.get(self.status, self.status)
+            then = ("Press **Resume** to continue from its last checkpoint." if self.resumable else
+                    "It has no checkpoint to resume from: start it again as a new run.")
+            return f"### {icon('pause')} Run {word} at step {self.step}\n{then}"
         return ""
 
     def to_dict(self) -> dict:
@@ -167,7 +179,7 @@ def event_line(ev) -> str | None:
     elif t == "failed":
         text = f"failed: {d.get('message', '')}" + (f" (fix: {d['hint']})" if d.get("hint") else "")
     elif t == "cancelled":
-        text = f"stopped: {d.get('message', '')}"
+        text = f"stopped at step {ev.step}: {d.get('message', '')}"
     else:
         return None
     return f"[{_clock(ev.time)}] {text}"
@@ -182,9 +194,12 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
     except NotFoundError:
         shown = clip(run_id, 80)  # never echo a huge id back
         return RunView(run_id=shown, status="unknown", error=f"no run with id {shown}")
-    events = ctx.jobs.events(run_id, 0)
+    live = ctx.jobs.events(run_id, 0)
+    # A resumed run's live events start at the resume: the sessions before it are in its
+    # events.jsonl, so the curves are drawn from step 1.
+    events = (earlier_events(run.output_dir, live) if (run.attempts or 0) > 1 else []) + live
     v = RunView(run_id=run_id, name=run.name, status=run.status, step=run.last_step, total=run.total_steps,
-                model_id=run.model_id, n_events=len(events),
+                model_id=run.model_id, n_events=len(live),
                 validation_split=float((run.config or {}).get("validation_split") or 0.0))
     if run.error and run.status != "completed":
         v.error = run.error
@@ -196,8 +211,14 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
         if ev.step:
             v.step = max(v.step, ev.step) if ev.type != "started" else v.step
         if ev.type == "started":
-            started = ev.time
-            v.series = {k: [] for k in v.series}  # a resumed run redraws from its restart
+            started = ev.time  # elapsed counts the latest session
+        elif ev.type == "queued" and ev is not events[0] and any(p for p in v.series.values()):
+            # A resume restarts from a checkpoint that may be older than the last logged step:
+            # drop the points it will log again, keep the whole curve before it.
+            restart = _checkpoint_before(events, ev)
+            if restart is not None:
+                v.series = {k: [p for p in pts if p[0] <= restart] for k, pts in v.series.items()}
+            v.message = d.get("message", "")
         elif ev.type == "queued":
             v.message = d.get("message", "")
         elif ev.type == "step":
@@ -235,7 +256,50 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
     if run_id in waiting:
         v.queue_position = waiting.index(run_id) + (1 if ctx.jobs.current else 0)
     v.log = v.log[-LOG_LINES:]
+    v.resumable = _can_resume(ctx, run_id, v.status)
     return v
+
+
+def earlier_events(run_dir: str | None, live: list) -> list:
+    """The events of a run's earlier sessions (before a resume) from its events.jsonl: those
+    older than the first live event. Empty when the live list is the whole file already."""
+    from pathlib import Path
+
+    from core.events import read_events
+
+    if not run_dir or not live or live[0].type != "queued":
+        return []
+    try:
+        return [ev for ev in read_events(Path(run_dir) / "events.jsonl") if ev.time < live[0].time]
+    except OSError:
+        return []
+
+
+def _checkpoint_before(events: list, resume_event) -> int | None:
+    """The step of the newest checkpoint logged before ``resume_event`` (a resume restarts there);
+    None when none was logged (then nothing is dropped)."""
+    step = None
+    for ev in events:
+        if ev is resume_event:
+            break
+        if ev.type == "checkpoint":
+            step = ev.step
+        elif ev.type == "cancelled" and (ev.data or {}).get("checkpoint"):
+            step = ev.step
+    return step
+
+
+def _can_resume(ctx: AppContext, run_id: str, status: str) -> bool:
+    """Resume applies: the run stopped, was interrupted or failed, and has a checkpoint."""
+    if status not in RESUMABLE:
+        return False
+    from core.run import resumable
+
+    try:
+        resumable(ctx.store, run_id)
+    except ModelForgeError:
+        return False
+    return True
 
 
 def run_choices(ctx: AppContext, limit: int = 30) -> list[tuple[str, str]]:
@@ -385,18 +449,25 @@ class TrainTab:
     timer: gr.Timer
     open_playground: gr.Button
     open_models: gr.Button
+    done: gr.Markdown
     outputs: list  # what view_outputs() fills
     attach: Any = None  # page-load handler, set by wire()
     more: Any = None        # issue 16: "Train more" button and its steps
     more_steps: Any = None
 
 
-def _plot(y: str, title: str, elem_id: str, color: str) -> gr.LinePlot:
+def _plot(y: str, title: str, elem_id: str, color: str, visible: bool = True) -> gr.LinePlot:
     import pandas as pd
 
+    # Slanted step labels: level ones ran into each other ("280300") on a half-width plot.
     return gr.LinePlot(value=pd.DataFrame({"step": [], y: []}), x="step", y=y, title=title, elem_id=elem_id,
                        height=230, color_map={y: color}, x_title="step", y_title=title, label=title,
-                       show_label=False)
+                       show_label=False, x_label_angle=-40, visible=visible)
+
+
+EVAL_NOTE_NONE = ("No eval loss for this run: set **validation_split** in Configure (e.g. 0.1) to hold rows "
+                  "out and plot an eval loss.")
+EVAL_NOTE_LATER = "Eval loss: the first one comes at the end of an epoch (or every eval_steps)."
 
 
 def build(ctx: AppContext) -> TrainTab:
@@ -405,34 +476,44 @@ def build(ctx: AppContext) -> TrainTab:
                 elem_classes=["mf-help"])
     state = gr.State(new_state())
     with gr.Row(equal_height=True):
-        start = gr.Button("▶ Start training", variant="primary", elem_id="btn-start", scale=2)
-        stop = gr.Button("■ Stop", variant="stop", elem_id="btn-stop", scale=1)
-        resume = gr.Button("↻ Resume", elem_id="btn-resume", scale=1)
+        # Icons are CSS shapes (assets/style.css), not font glyphs that a machine may lack.
+        start = gr.Button("Start training", variant="primary", elem_id="btn-start", scale=2,
+                          elem_classes=["mf-ib", "mf-ib-play"])
+        # Enabled only when they apply (view_outputs): Stop while a run is active, Resume for a
+        # stopped run with a checkpoint.
+        stop = gr.Button("Stop", variant="stop", elem_id="btn-stop", scale=1, interactive=False,
+                         elem_classes=["mf-ib", "mf-ib-stop"])
+        resume = gr.Button("Resume", elem_id="btn-resume", scale=1, interactive=False,
+                           elem_classes=["mf-ib", "mf-ib-resume"])
         runs = gr.Dropdown(choices=[], value=None, label="Run", elem_id="train-run", scale=4, allow_custom_value=True,
                            info="Shows the run training now; pick another to inspect it")
     with gr.Row(equal_height=True):  # issue 16: continue a completed run from its last checkpoint
         more_steps = gr.Number(value=50, precision=0, minimum=1, label="More steps", elem_id="train-more-steps",
                                scale=1)
-        more = gr.Button("⏩ Train more (completed run, from its last checkpoint)", elem_id="btn-train-more", scale=3)
+        more = gr.Button("Train more (completed run, from its last checkpoint)", elem_id="btn-train-more", scale=3,
+                         elem_classes=["mf-ib", "mf-ib-more"])
     status = gr.HTML(RunView().status_html(), elem_id="train-status")
     done = gr.Markdown("", elem_id="train-done")
     with gr.Row():
-        open_playground = gr.Button("💬 Try it in the Playground", visible=False, elem_id="btn-open-playground",
-                                    variant="primary")
+        open_playground = gr.Button("Try it in the Playground", visible=False, elem_id="btn-open-playground",
+                                    variant="primary", elem_classes=["mf-ib", "mf-ib-chat"])
         open_models = gr.Button("Open its record in Models", visible=False, elem_id="btn-open-models")
     with gr.Row():
         loss = _plot("loss", "train loss", "plot-loss", "#2563eb")
-        eval_loss = _plot("eval_loss", "eval loss", "plot-eval-loss", "#d97706")
+        # Hidden until the run has an eval loss (an empty plot took a quarter of the tab).
+        eval_loss = _plot("eval_loss", "eval loss", "plot-eval-loss", "#d97706", visible=False)
+    eval_note = gr.Markdown("", elem_id="train-eval-note", elem_classes=["mf-help"])
     with gr.Row():
         lr = _plot("learning_rate", "learning rate", "plot-lr", "#7c3aed")
         tps = _plot("tokens_per_second", "tokens/s", "plot-tokens", "#059669")
     log_box = gr.Textbox(label="Log", lines=8, max_lines=14, interactive=False, elem_id="train-log",
                          autoscroll=True)
     timer = gr.Timer(1.0)
-    outputs = [state, status, done, open_playground, open_models, loss, eval_loss, lr, tps, log_box, runs]
+    outputs = [state, status, done, open_playground, open_models, loss, eval_loss, eval_note, lr, tps, log_box, runs,
+               stop, resume]
     assert len(outputs) == len(OUTPUT_NAMES)
     return TrainTab(state=state, start=start, stop=stop, resume=resume, runs=runs, timer=timer,
-                    open_playground=open_playground, open_models=open_models, outputs=outputs,
+                    open_playground=open_playground, open_models=open_models, done=done, outputs=outputs,
                     more=more, more_steps=more_steps)
 
 
@@ -441,15 +522,19 @@ def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: boo
     if view is None:
         return [state] + [gr.skip()] * (len(OUTPUT_NAMES) - 1)
     runs = gr.Dropdown(choices=run_choices(ctx), value=view.run_id) if relist else gr.skip()
-    eval_title = "eval loss"
-    if view.run_id and not view.series["eval_loss"]:
-        eval_title = ("eval loss: none, validation_split is 0" if not view.validation_split else
-                      "eval loss: first one at the end of an epoch (or every eval_steps)")
+    has_eval = bool(view.series["eval_loss"])
+    note = ""
+    if view.run_id and not has_eval:
+        note = EVAL_NOTE_NONE if not view.validation_split else EVAL_NOTE_LATER
     finished = view.status == "completed" and bool(view.model_id)
+    # A run that just ended is still the job manager's current one for a moment: not active.
+    ended = view.status in TERMINAL and ctx.jobs.current == view.run_id
+    active = bool(ctx.jobs.waiting()) or (ctx.jobs.current is not None and not ended)
     return [state, view.status_html(), view.done_markdown(), gr.Button(visible=finished),
             gr.Button(visible=finished), view.frame("loss"),
-            gr.LinePlot(value=view.frame("eval_loss"), title=eval_title), view.frame("learning_rate"),
-            view.frame("tokens_per_second"), "\n".join(view.log), runs]
+            gr.LinePlot(value=view.frame("eval_loss"), visible=has_eval), note, view.frame("learning_rate"),
+            view.frame("tokens_per_second"), "\n".join(view.log), runs,
+            gr.Button(interactive=active), gr.Button(interactive=view.resumable)]
 
 
 def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) -> None:
@@ -477,9 +562,12 @@ def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) 
         return view_outputs(ctx, s, view, True)
 
     def _stop(state):
-        result = stop_training(ctx, (state or {}).get("run_id") if (state or {}).get("status") in ("queued", "running")
-                               else None)
-        info(result["message"])
+        if not (ctx.jobs.current or ctx.jobs.waiting()):  # a stale button: say so, not an error
+            info("Nothing is training now: there is nothing to stop.")
+        else:
+            result = stop_training(ctx, (state or {}).get("run_id")
+                                   if (state or {}).get("status") in ("queued", "running") else None)
+            info(result["message"])
         s, view, _ = poll(ctx, state, force=True)
         return view_outputs(ctx, s, view, False)
 
@@ -502,14 +590,17 @@ def wire(tab: TrainTab, ctx: AppContext, config_inputs: list, values_to_config) 
         return view_outputs(ctx, s, view, False)
 
     out = tab.outputs
+    # show_progress hidden: the outputs are the whole tab, and a failed event would cover them
+    # with red "Error" pills (the toast says what went wrong; the status card shows the run).
+    quiet = dict(api_visibility="private", show_progress="hidden")
     tab.timer.tick(guard(_tick), tab.state, out, show_progress="hidden", api_visibility="private",
                    concurrency_limit=None, trigger_mode="always_last")
-    tab.start.click(guard(_start), [tab.state, *config_inputs], out, api_visibility="private")
-    tab.stop.click(guard(_stop), tab.state, out, api_visibility="private", concurrency_limit=None)
-    tab.resume.click(guard(_resume), [tab.state, tab.runs], out, api_visibility="private")
-    tab.runs.input(guard(_pick), tab.runs, out, api_visibility="private", concurrency_limit=None)
+    tab.start.click(guard(_start), [tab.state, *config_inputs], out, **quiet)
+    tab.stop.click(guard(_stop), tab.state, out, concurrency_limit=None, **quiet)
+    tab.resume.click(guard(_resume), [tab.state, tab.runs], out, **quiet)
+    tab.runs.input(guard(_pick), tab.runs, out, concurrency_limit=None, **quiet)
     if tab.more is not None:
-        tab.more.click(guard(_more), [tab.state, tab.runs, tab.more_steps], out, api_visibility="private")
+        tab.more.click(guard(_more), [tab.state, tab.runs, tab.more_steps], out, **quiet)
     tab.attach = guard(_attach)  # run by app/ui.py on page load
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -250,11 +251,88 @@ def test_train_view_replays_events(ctx, tmp_path):
     assert any("eval at step 5" in line for line in view.log)
 
 
+def test_train_view_after_a_resume_draws_the_whole_run(ctx, tmp_path):
+    """A resumed run's live events start at the resume; the curve still starts at step 1, the
+    steps after the checkpoint it resumed from are not drawn twice, and the summary figures mean
+    what they say."""
+    from core.events import EventLog
+
+    cfg = default_config()
+    run = ctx.store.create_run("r", cfg.to_dict(), output_dir=str(tmp_path / "run"))
+    first = EventLog(run.id)
+    first.attach_file(tmp_path / "run" / "events.jsonl")
+    first.emit("queued", message="starting")
+    first.emit("started", name="r")
+    for step, loss in ((1, 4.0), (2, 3.0), (3, 2.5)):
+        first.emit("step", step=step, total_steps=6, loss=loss)
+    first.emit("checkpoint", step=2, total_steps=6)
+    first.emit("cancelled", step=3, total_steps=6, message="stopped; a checkpoint was saved")
+    ctx.store.finish_run(run.id, "cancelled", error="stopped by the user; resume to continue")
+    stopped = train_tab.run_view(ctx, run.id)
+    assert "<span class='mf-badge'>stopped</span>" in stopped.status_html()  # the badge and the text agree
+    assert "mf-status-error" not in stopped.status_html()  # said once, in the text below
+    assert "stopped at step 3" in stopped.done_markdown()
+
+    time.sleep(0.01)  # the resumed session's events are newer than the file's
+    live = EventLog(run.id)  # what JobManager.resume holds in memory
+    ctx.store.mark_running(run.id, resumed=True)  # as the engine records a resume (attempt 2)
+    live.emit("queued", message="starting")
+    live.attach_file(tmp_path / "run" / "events.jsonl")
+    live.emit("started", name="r")
+    for step, loss in ((3, 2.4), (4, 2.0), (5, 1.5), (6, 1.0)):
+        live.emit("step", step=step, total_steps=6, loss=loss)
+    live.emit("finished", step=6, total_steps=6, model_id="m1", metrics={"train_loss": 0.3})
+    ctx.store.update_run(run.id, status="completed")
+    ctx.jobs._logs[run.id] = live
+    try:
+        view = train_tab.run_view(ctx, run.id)
+    finally:
+        ctx.jobs._logs.pop(run.id, None)
+    assert view.n_events == len(live.events)  # the poller counts live events only
+    assert list(view.frame("loss")["step"]) == [1, 2, 3, 4, 5, 6]
+    assert list(view.frame("loss")["loss"]) == [4.0, 3.0, 2.4, 2.0, 1.5, 1.0]
+    done = view.done_markdown()
+    assert "last logged loss 1 " in done and "mean logged loss (whole run) 2.317" in done, done
+    assert "0.3" not in done  # the last session's mean would read as below every logged loss
+    # Replayed from the file alone (not in memory): the same curve.
+    assert list(train_tab.run_view(ctx, run.id).frame("loss")["step"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_stop_and_resume_buttons_follow_the_state(ctx):
+    view = train_tab.RunView()
+    out = dict(zip(train_tab.OUTPUT_NAMES, train_tab.view_outputs(ctx, train_tab.new_state(), view, False)))
+    assert out["stop"].interactive is False and out["resume"].interactive is False
+    assert out["eval_loss"].visible is False and out["eval_note"] == ""
+
+
+def test_toasts_put_the_fix_on_its_own_line():
+    from components.common import to_gradio_error
+    from core.errors import ConfigError
+
+    err = to_gradio_error(ConfigError("learning_rate: -1 is below 0", "use a positive number such as 3e-3"))
+    assert err.message.startswith("learning_rate: -1 is below 0<br>")
+    assert "<span class='mf-toast-fix'>Fix: use a positive number such as 3e-3</span>" in err.message
+    assert "Hint:" not in err.message and err.duration <= 10
+
+
+def test_the_browser_opens_only_on_a_desktop():
+    from app.ui import should_open_browser
+
+    assert should_open_browser({"DISPLAY": ":0"}, "linux")
+    assert should_open_browser({"WAYLAND_DISPLAY": "wayland-0"}, "linux")
+    assert not should_open_browser({}, "linux")  # a server, SSH without X forwarding
+    assert should_open_browser({}, "darwin") and should_open_browser({}, "win32")
+    assert not should_open_browser({"DISPLAY": ":0", "CI": "true"}, "linux")
+    assert not should_open_browser({"SPACE_ID": "me/app"}, "darwin")
+    assert not should_open_browser({"DISPLAY": ":0", "MODELFORGE_NO_BROWSER": "1"}, "linux")
+
+
 # -- models tab ----------------------------------------------------------------------------------------
 def test_models_empty_state(ctx):
     assert models_tab.models_table(ctx) == []
-    table, empty, choice = models_tab.refresh_outputs(ctx)
+    table, empty, choice, body = models_tab.refresh_outputs(ctx)
     assert empty.visible is True and table.visible is False
+    assert body.visible is False  # no details, Merge/Push/Delete before a model exists
     text, task = playground_tab.describe_model(ctx, None)
     assert "No model" in text and task == "text-generation"
     with pytest.raises(NotFoundError):
