@@ -57,6 +57,7 @@ class RunView:
     queue_position: int | None = None
     message: str = ""
     validation_split: float = 0.0
+    validation: str = ""  # the held-out choice in words ("validation: none (auto: 91 rows is too few...)")
     n_events: int = 0
     series: dict = field(default_factory=lambda: {"loss": [], "eval_loss": [], "learning_rate": [],
                                                   "tokens_per_second": []})
@@ -224,6 +225,8 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
             v.error, v.hint, v.problems = d.get("message"), d.get("hint"), d.get("problems") or []
         elif ev.type == "cancelled":
             v.message = d.get("message", "")
+        elif ev.type == "log" and d.get("validation"):
+            v.validation = d["validation"]
         line = event_line(ev)
         if line:
             v.log.append(line)
@@ -397,6 +400,27 @@ def _plot(y: str, title: str, elem_id: str, color: str) -> gr.LinePlot:
                        show_label=False)
 
 
+def eval_plot(view: RunView, title: str) -> gr.LinePlot:
+    """The eval-loss curve; with early stopping, the kept (best) step as a vertical line beside it
+    (issue 16: the model is that checkpoint's, not the last step's, and the plot should say so)."""
+    import pandas as pd
+
+    frame = view.frame("eval_loss").assign(series="eval loss")
+    best = view.metrics.get("best_step")
+    if best is None or frame.empty:
+        return gr.LinePlot(value=frame, title=title, color="series", color_map={"eval loss": "#d97706"},
+                           caption=None)
+    label = f"best: step {best}"
+    low, high = float(frame["eval_loss"].min()), float(frame["eval_loss"].max())
+    marker = pd.DataFrame({"step": pd.Series([best, best], dtype="int64"),
+                           "eval_loss": pd.Series([low, high], dtype="float64"), "series": label})
+    at = frame.loc[frame["step"] == best, "eval_loss"]
+    caption = (f"Early stopping kept step {best}" + (f" (eval loss {float(at.iloc[0]):.4g})" if len(at) else "")
+               + " as the model.")
+    return gr.LinePlot(value=pd.concat([frame, marker], ignore_index=True), title=f"{title} · {label}",
+                       color="series", color_map={"eval loss": "#d97706", label: "#16a34a"}, caption=caption)
+
+
 def build(ctx: AppContext) -> TrainTab:
     gr.Markdown("Start the run set up in **Configure** (the identity demo by default). The plots follow the "
                 "run live; reload the page or open a second browser and you see the same run.",
@@ -441,12 +465,13 @@ def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: boo
     runs = gr.Dropdown(choices=run_choices(ctx), value=view.run_id) if relist else gr.skip()
     eval_title = "eval loss"
     if view.run_id and not view.series["eval_loss"]:
-        eval_title = ("eval loss: none, validation_split is 0" if not view.validation_split else
-                      "eval loss: first one at the end of an epoch (or every eval_steps)")
+        eval_title = (f"eval loss: {view.validation.removeprefix('validation: ')}" if view.validation.startswith(
+            "validation: none") else "eval loss: none, validation_split is 0" if not view.validation_split and
+            not view.validation else "eval loss: first one at the end of an epoch (or every eval_steps)")
     finished = view.status == "completed" and bool(view.model_id)
     return [state, view.status_html(), view.done_markdown(), gr.Button(visible=finished),
             gr.Button(visible=finished), view.frame("loss"),
-            gr.LinePlot(value=view.frame("eval_loss"), title=eval_title), view.frame("learning_rate"),
+            eval_plot(view, eval_title), view.frame("learning_rate"),
             view.frame("tokens_per_second"), "\n".join(view.log), runs]
 
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from core.data.validate import MAX_EVAL_ROWS  # noqa: F401 - the held-out rule's cap, imported from here too
 from core.errors import DataError, ModelForgeError
 from core.paths import ASSETS
 
@@ -44,9 +45,6 @@ GPU_ROWS, GPU_TOKENS = 200, 256
 # rows pays it (about 2 x 16 answers of 48 tokens: seconds for the demo, a minute or two for a 0.5B model).
 AFTER_RUN_CPU_ROWS, AFTER_RUN_CPU_TOKENS = 16, 48
 BATCH = 8                          # prompts generated together (left-padded)
-# At most this many rows are held out for evaluation (the engine's split), whatever validation_split
-# says: more would slow every evaluation and take rows from training for little gain.
-MAX_EVAL_ROWS = 300
 SAME_EPS = 1e-6                    # two scores closer than this count as the same
 PRIMARY = {"conversation": "rougeL", "summarization": "rougeL", "qa": "f1", "preference": "margin",
            "text": "perplexity"}
@@ -572,7 +570,7 @@ def evaluate_model(model_dir: str | Path, *, dataset: str | None = None, max_row
     if dataset:
         rows = file_rows(config, dataset, lm.tokenizer)
     else:
-        rows = held_out_rows(config, lm.tokenizer) if config.validation_split > 0 else []
+        rows = held_out_rows(config, lm.tokenizer) if config.validation_split != 0 else []
         if not rows:
             raise DataError("this run held out no validation rows",
                             "give --dataset FILE with rows like the training data")

@@ -45,9 +45,9 @@ def tracker_problems(config: Any) -> list[Problem]:
             problems.append(Problem(f"report_to {name}: the {PACKAGES[name]} package is not installed",
                                     f"pip install 'modelforge[trackers]' (or {PACKAGES[name]}), or set report_to none",
                                     field="report_to"))
-    if getattr(config, "early_stopping_patience", 0) and getattr(config, "validation_split", 0) <= 0:
+    if getattr(config, "early_stopping_patience", 0) and getattr(config, "validation_split", 0) == 0:
         problems.append(Problem("early stopping watches the eval loss, but validation_split is 0",
-                                "set validation_split > 0 (e.g. 0.05), or early_stopping_patience 0",
+                                "set validation_split > 0 (e.g. 0.05) or -1 (auto), or early_stopping_patience 0",
                                 field="early_stopping_patience"))
     return problems
 

@@ -51,6 +51,7 @@ def test_train_json_then_models_lists_it_and_adapter_reloads(home, shared_data, 
     assert result["status"] == "completed"
     assert {"run_id", "output_dir", "model_id", "metrics"} <= set(result)
     assert "eval_loss" in result["metrics"] and "perplexity" in result["metrics"]
+    assert "validation: 10 of 200 rows held out (auto: 5%)" in out.stderr  # the default rule, said
 
     from peft import PeftConfig
 
