@@ -465,9 +465,12 @@ def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: boo
     runs = gr.Dropdown(choices=run_choices(ctx), value=view.run_id) if relist else gr.skip()
     eval_title = "eval loss"
     if view.run_id and not view.series["eval_loss"]:
-        eval_title = (f"eval loss: {view.validation.removeprefix('validation: ')}" if view.validation.startswith(
-            "validation: none") else "eval loss: none, validation_split is 0" if not view.validation_split and
-            not view.validation else "eval loss: first one at the end of an epoch (or every eval_steps)")
+        if view.validation.startswith("validation: none"):  # the held-out rule's words (issue 16)
+            eval_title = "eval loss: " + view.validation.removeprefix("validation: ")
+        elif not view.validation and not view.validation_split:  # a run recorded before the rule
+            eval_title = "eval loss: none, validation_split is 0"
+        else:
+            eval_title = "eval loss: first one at the end of an epoch (or every eval_steps)"
     finished = view.status == "completed" and bool(view.model_id)
     return [state, view.status_html(), view.done_markdown(), gr.Button(visible=finished),
             gr.Button(visible=finished), view.frame("loss"),

@@ -87,3 +87,12 @@ def test_the_eval_plot_marks_the_step_early_stopping_kept():
     assert "best: step 20" in plot.title and "kept step 20 (eval loss 1.5)" in plot.caption
     plain = eval_plot(RunView(run_id="r2"), "eval loss")  # no early stopping: no marker
     assert {r[2] for r in plain.value["data"]} <= {"eval loss"}
+
+
+def test_the_train_tab_eval_plot_says_why_there_is_no_eval_loss():
+    from components.train_tab import OUTPUT_NAMES, RunView, view_outputs
+
+    text = "validation: none (auto: 91 rows is too few, 200 needed; set validation_split to hold some out)"
+    out = view_outputs(None, {}, RunView(run_id="r1", validation=text), relist=False)
+    plot = out[OUTPUT_NAMES.index("eval_loss")]
+    assert plot.title == "eval loss: none (auto: 91 rows is too few, 200 needed; set validation_split to hold some out)"
