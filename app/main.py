@@ -50,7 +50,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
         help_text = f.metadata["help"] + f" (default: {default if default != '' else 'none'})"
-        kwargs: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None, "help": help_text}
+        # argparse %-formats help texts: a literal "5%" (validation_split's) must be doubled.
+        kwargs: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None, "help": help_text.replace("%", "%%")}
         choices = field_choices(f)
         if choices:
             kwargs["choices"] = choices

@@ -96,3 +96,13 @@ def test_the_train_tab_eval_plot_says_why_there_is_no_eval_loss():
     out = view_outputs(None, {}, RunView(run_id="r1", validation=text), relist=False)
     plot = out[OUTPUT_NAMES.index("eval_loss")]
     assert plot.title == "eval loss: none (auto: 91 rows is too few, 200 needed; set validation_split to hold some out)"
+
+
+def test_train_help_states_the_rule(capsys):
+    from app.main import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["train", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "-1 (or 'auto', the default): 5% once the data has 200 rows, none below" in text
