@@ -334,7 +334,7 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
         ModelForgeError: no dataset, or a path the app may not read.
     """
     from core.checks import validate_file
-    from core.data import split_train_eval
+    from core.data import held_out, split_train_eval
 
     path = resolve_dataset(dataset, ctx.restrict_paths)
     check_public(ctx, config.replace(dataset=path))  # a public app: no server folder as model, etc.
@@ -359,11 +359,11 @@ def validate_dataset(ctx: AppContext, dataset: str, config: RunConfig, *, with_t
     train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
     split = {"train": len(train), "validation": len(evaluation), "usable": report.usable_rows,
              "validation_split": config.validation_split}
-    split_text = (f"**Split:** {len(train)} training rows · {len(evaluation)} validation rows "
-                  f"(validation_split {config.validation_split:g}"
-                  + (f", max_samples {config.max_samples}" if config.max_samples else "") + ")")
+    choice = held_out(len(examples), config.validation_split)  # the rule the run applies, in its words
+    split_text = (f"**Split:** {len(train)} training rows · {choice.text}"
+                  + (f" (max_samples {config.max_samples})" if config.max_samples else ""))
     if report.usable_rows and not evaluation:
-        split_text += " — no evaluation: set validation_split > 0 in Configure to get an eval loss."
+        split_text += " — no eval loss: set validation_split > 0 in Configure to get one."
     lengths = token_lengths(report.examples, report.kind, tokenizer, seed=config.seed) if tokenizer else []
     hist, bins = histogram(lengths, config.max_length)
     preview = preview_segments(report.examples, report.lines, report.kind, tokenizer, config.loss_on,

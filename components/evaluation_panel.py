@@ -1,7 +1,8 @@
 """The Models tab's "Did the fine-tune help?" panel (issue 16): the latest base-vs-tuned evaluation
 of the chosen model (summary line, metrics side by side, the rows sortable by change, the
 predictions as a download), and a button to evaluate again, on the held-out rows or on an
-uploaded file (batch predictions), with progress and Stop.
+uploaded file (batch predictions), with progress and Stop. The evaluation is a task of the job
+manager (core.service.evaluate): it waits while a run trains, one thing on the device at a time.
 
 Handlers are plain functions of (ctx, ...) so tests call them without a browser; the evaluation
 itself is core.compare_eval's.
@@ -9,12 +10,12 @@ itself is core.compare_eval's.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import gradio as gr
 
 from components.common import AppContext, guard
+from core.errors import ModelForgeError
 
 ROW_HEADERS = ["change", "prompt", "reference", "base answer", "tuned answer", "base score", "tuned score"]
 SORTS = ("most improved first", "most worsened first", "as evaluated")
@@ -82,17 +83,38 @@ def show(ctx: AppContext, model_id: str, sort: str = SORTS[0]) -> tuple[str, lis
     return summary_markdown(rec), row_table(rec, sort), download_path(rec)
 
 
-def evaluate(ctx: AppContext, model_id: str, dataset: str | None = None, max_rows: int | None = None,
-             stop_event: threading.Event | None = None, progress=None):
-    """Evaluate the model again (held-out rows, or ``dataset``); returns the Comparison."""
-    from core.compare_eval import evaluate_model
+def evaluate(ctx: AppContext, model_id: str, dataset: str | None = None, max_rows: int | None = None) -> str:
+    """Queue an evaluation of the model (held-out rows, or ``dataset``) on the job manager, so it
+    never runs beside a training run on the device; returns the task id to follow."""
     from core.errors import NotFoundError
+    from core.service import evaluate as queue_evaluation
 
     if not model_id:
         raise NotFoundError("no model chosen", "pick one in the list")
-    rec = ctx.store.get_model(model_id)
-    return evaluate_model(rec.path, dataset=dataset or None, max_rows=max_rows or None, store=ctx.store,
-                          model_id=rec.id, progress=progress, stop_event=stop_event)
+    return queue_evaluation(ctx.jobs, model_id, dataset=dataset or None, max_rows=max_rows or None)
+
+
+def follow(ctx: AppContext, task_id: str, poll_s: float = 0.5):
+    """Yield a status line for each change of the task, until it ends; the last item is
+    ("finished" | "cancelled" | "failed", its event data)."""
+    from core.events import TERMINAL
+
+    seen = 0
+    while True:
+        events = ctx.jobs.events(task_id, seen)
+        seen += len(events)
+        for ev in events:
+            if ev.type in TERMINAL:
+                yield ev.type, ev.data
+                return
+            if ev.type == "queued" and ev.data.get("message", "").startswith("waiting"):
+                yield "status", f"⏳ {ev.data['message']} (an evaluation waits for the run training)"
+            elif ev.type == "progress":
+                yield "status", f"⏳ {ev.data.get('message', '')}"
+        if not events:
+            import time
+
+            time.sleep(poll_s)
 
 
 def build(ctx: AppContext, choice: gr.Dropdown) -> None:
@@ -113,40 +135,36 @@ def build(ctx: AppContext, choice: gr.Dropdown) -> None:
         rows = gr.Dataframe(headers=ROW_HEADERS, value=None, interactive=False, wrap=True, elem_id="eval-rows",
                             label="Rows: prompt, reference, base and tuned answers, scores")
         download = gr.File(label="Predictions (JSONL)", interactive=False, elem_id="eval-download")
-    stop_flag = {"event": threading.Event()}
+    # The evaluation this panel started last (a job of the manager: it survives a closed page, and
+    # Stop reaches it from any page).
+    last = {"task": None}
 
     def _show(model_id, how):
         return show(ctx, model_id, how)
 
     def _evaluate(model_id, path, n):
-        stop_flag["event"] = event = threading.Event()
-        box: dict = {}
-        said = {"text": "starting: loading the model"}
+        last["task"] = task_id = evaluate(ctx, model_id, path, int(n or 0) or None)
+        yield "⏳ queued", gr.skip(), gr.skip(), gr.skip()
+        for kind, data in follow(ctx, task_id):
+            if kind == "status":
+                yield data, gr.skip(), gr.skip(), gr.skip()
+            elif kind == "failed":
+                raise ModelForgeError(data.get("message", "the evaluation failed"), data.get("hint", ""))
+            else:
+                text, table, file = show(ctx, model_id)
+                mark = "⏹ stopped: " if kind == "cancelled" else "✅ "
+                if "summary" not in data:
+                    yield "⏹ stopped before it started", gr.skip(), gr.skip(), gr.skip()
+                else:
+                    yield (f"{mark}{data['summary']} ({data.get('limits', '')}; {data.get('seconds', 0):.0f} s)",
+                           text, table, file)
 
-        def work():
-            try:
-                box["result"] = evaluate(ctx, model_id, path, int(n or 0) or None, event,
-                                         lambda done, total, msg: said.update(text=msg))
-            except BaseException as exc:  # noqa: BLE001 - shown below
-                box["error"] = exc
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while thread.is_alive():
-                yield f"⏳ {said['text']}", gr.skip(), gr.skip(), gr.skip()
-                thread.join(0.5)
-        finally:  # the page went away (or the event was cancelled): stop after the current batch
-            if thread.is_alive():
-                event.set()
-        if "error" in box:
-            raise box["error"]
-        result = box["result"]
-        text, table, file = show(ctx, model_id)
-        yield f"✅ {result.summary()} ({result.limits}; {result.seconds:.0f} s)", text, table, file
+    def _stop():
+        if last["task"] and ctx.jobs.stop(last["task"]):
+            gr.Info("Stopping the evaluation after the current batch (what was done is kept).")
 
     choice.change(guard(_show), [choice, sort], [summary, rows, download], api_visibility="private")
     sort.change(guard(_show), [choice, sort], [summary, rows, download], api_visibility="private")
     run.click(guard(_evaluate), [choice, upload, max_rows], [status, summary, rows, download],
               api_visibility="private")
-    stop.click(lambda: stop_flag["event"].set(), None, None, api_visibility="private")
+    stop.click(guard(_stop), None, None, api_visibility="private", concurrency_limit=None)

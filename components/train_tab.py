@@ -60,6 +60,7 @@ class RunView:
     message: str = ""
     validation_split: float = 0.0
     resumable: bool = False   # stopped/interrupted/failed with a checkpoint: Resume applies
+    validation: str = ""  # the held-out choice in words ("validation: none (auto: 91 rows is too few...)")
     n_events: int = 0
     series: dict = field(default_factory=lambda: {"loss": [], "eval_loss": [], "learning_rate": [],
                                                   "tokens_per_second": []})
@@ -245,6 +246,8 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
             v.error, v.hint, v.problems = d.get("message"), d.get("hint"), d.get("problems") or []
         elif ev.type == "cancelled":
             v.message = d.get("message", "")
+        elif ev.type == "log" and d.get("validation"):
+            v.validation = d["validation"]
         line = event_line(ev)
         if line:
             v.log.append(line)
@@ -470,6 +473,28 @@ EVAL_NOTE_NONE = ("No eval loss for this run: set **validation_split** in Config
 EVAL_NOTE_LATER = "Eval loss: the first one comes at the end of an epoch (or every eval_steps)."
 
 
+def eval_plot(view: RunView, title: str, visible: bool = True) -> gr.LinePlot:
+    """The eval-loss curve; with early stopping, the kept (best) step as a vertical line beside it
+    (issue 16: the model is that checkpoint's, not the last step's, and the plot should say so)."""
+    import pandas as pd
+
+    frame = view.frame("eval_loss").assign(series="eval loss")
+    best = view.metrics.get("best_step")
+    if best is None or frame.empty:
+        return gr.LinePlot(value=frame, title=title, color="series", color_map={"eval loss": "#d97706"},
+                           caption=None, visible=visible)
+    label = f"best: step {best}"
+    low, high = float(frame["eval_loss"].min()), float(frame["eval_loss"].max())
+    marker = pd.DataFrame({"step": pd.Series([best, best], dtype="int64"),
+                           "eval_loss": pd.Series([low, high], dtype="float64"), "series": label})
+    at = frame.loc[frame["step"] == best, "eval_loss"]
+    caption = (f"Early stopping kept step {best}" + (f" (eval loss {float(at.iloc[0]):.4g})" if len(at) else "")
+               + " as the model.")
+    return gr.LinePlot(value=pd.concat([frame, marker], ignore_index=True), title=f"{title} · {label}",
+                       color="series", color_map={"eval loss": "#d97706", label: "#16a34a"}, caption=caption,
+                       visible=visible)
+
+
 def build(ctx: AppContext) -> TrainTab:
     gr.Markdown("Start the run set up in **Configure** (the identity demo by default). The plots follow the "
                 "run live; reload the page or open a second browser and you see the same run.",
@@ -525,14 +550,19 @@ def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: boo
     has_eval = bool(view.series["eval_loss"])
     note = ""
     if view.run_id and not has_eval:
-        note = EVAL_NOTE_NONE if not view.validation_split else EVAL_NOTE_LATER
+        if view.validation.startswith("validation: none (auto"):  # the held-out rule's words (issue 16)
+            note = "No eval loss for this run: " + view.validation.removeprefix("validation: none ") + "."
+        elif view.validation.startswith("validation: none") or (not view.validation and not view.validation_split):
+            note = EVAL_NOTE_NONE  # none held out by choice (or a run recorded before the rule)
+        else:
+            note = EVAL_NOTE_LATER
     finished = view.status == "completed" and bool(view.model_id)
     # A run that just ended is still the job manager's current one for a moment: not active.
     ended = view.status in TERMINAL and ctx.jobs.current == view.run_id
     active = bool(ctx.jobs.waiting()) or (ctx.jobs.current is not None and not ended)
     return [state, view.status_html(), view.done_markdown(), gr.Button(visible=finished),
             gr.Button(visible=finished), view.frame("loss"),
-            gr.LinePlot(value=view.frame("eval_loss"), visible=has_eval), note, view.frame("learning_rate"),
+            eval_plot(view, "eval loss", visible=has_eval), note, view.frame("learning_rate"),
             view.frame("tokens_per_second"), "\n".join(view.log), runs,
             gr.Button(interactive=active), gr.Button(interactive=view.resumable)]
 

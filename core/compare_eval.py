@@ -6,7 +6,8 @@
 - summarization rows: ROUGE-1/2/L of the generated summary;
 - extractive QA rows: exact match and F1 of the predicted span;
 - preference rows: how often each model gives the chosen answer a higher likelihood than the
-  rejected one (and the mean log-likelihood margin).
+  rejected one (and the mean log-likelihood margin); after an rlhf run, also the mean score its
+  reward model gives each model's own (greedy) answers to the prompts (``reward``).
 
 One model is loaded: the tuned LoRA model, whose adapter is switched off
 (``PeftModel.disable_adapter``) for the base's answers, so base and tuned share every setting
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from core.data.validate import MAX_EVAL_ROWS  # noqa: F401 - the held-out rule's cap, imported from here too
 from core.errors import DataError, ModelForgeError
 from core.paths import ASSETS
 
@@ -44,9 +46,6 @@ GPU_ROWS, GPU_TOKENS = 200, 256
 # rows pays it (about 2 x 16 answers of 48 tokens: seconds for the demo, a minute or two for a 0.5B model).
 AFTER_RUN_CPU_ROWS, AFTER_RUN_CPU_TOKENS = 16, 48
 BATCH = 8                          # prompts generated together (left-padded)
-# At most this many rows are held out for evaluation (the engine's split), whatever validation_split
-# says: more would slow every evaluation and take rows from training for little gain.
-MAX_EVAL_ROWS = 300
 SAME_EPS = 1e-6                    # two scores closer than this count as the same
 PRIMARY = {"conversation": "rougeL", "summarization": "rougeL", "qa": "f1", "preference": "margin",
            "text": "perplexity"}
@@ -54,7 +53,8 @@ LOWER_IS_BETTER = {"perplexity"}
 GENERAL_TEXT = ASSETS / "general_text.txt"
 METRIC_LABELS = {"rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "exact_match": "exact match",
                  "f1": "F1", "perplexity": "perplexity", "chosen_preferred": "chosen preferred",
-                 "margin": "likelihood margin", "general_perplexity": "general-text perplexity"}
+                 "margin": "likelihood margin", "general_perplexity": "general-text perplexity",
+                 "reward": "reward-model score"}
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Comparison:
         parts = [head]
         if p in self.base and p in self.tuned:
             parts.append(f"{METRIC_LABELS.get(p, p)} {self.base[p]:.3g} -> {self.tuned[p]:.3g}")
-        for k in ("chosen_preferred", "perplexity", "general_perplexity"):
+        for k in ("chosen_preferred", "reward", "perplexity", "general_perplexity"):
             if k != p and k in self.base and k in self.tuned:
                 parts.append(f"{METRIC_LABELS[k]} {self.base[k]:.3g} -> {self.tuned[k]:.3g}")
         text = ", ".join(parts)
@@ -140,7 +140,7 @@ def compare(model: Any, tokenizer: Any, rows: list[dict], *, model_kind: str = "
             out_dir: str | Path | None = None, progress: Callable[[int, int, str], None] | None = None,
             stop_event: threading.Event | None = None, general_text: bool = True,
             held_out_rows: int | None = None, dataset: str = "",
-            defaults: tuple[int, int] | None = None) -> Comparison:
+            defaults: tuple[int, int] | None = None, reward_model: str | Path | None = None) -> Comparison:
     """Base (adapter off) against tuned (adapter on) on ``rows`` (canonical rows, one kind).
 
     Args:
@@ -156,6 +156,8 @@ def compare(model: Any, tokenizer: Any, rows: list[dict], *, model_kind: str = "
         stop_event: set it to stop after the current batch (what was done is kept and marked).
         general_text: add the forgetting check (causal models only).
         defaults: (rows, tokens) used for a bound not given (default: :func:`default_limits`).
+        reward_model: preference rows only: a reward model (an rlhf run's RUN_DIR/reward_model) that
+            scores base and tuned answers to the prompts, generated greedily (``reward`` metric).
 
     Raises:
         ModelForgeError: the model has no adapter to switch off, or there are no rows.
@@ -188,6 +190,11 @@ def compare(model: Any, tokenizer: Any, rows: list[dict], *, model_kind: str = "
                   "preference": _preference, "text": _text}[kind]
         per_row, stopped = scorer(model, tokenizer, rows, model_kind=model_kind, max_new_tokens=limit_tokens,
                                   max_length=max_length, progress=progress, stop_event=stop_event)
+        if kind == "preference" and reward_model is not None and per_row and not stopped:
+            stopped = _reward_scores(model, tokenizer, rows[:len(per_row)], per_row, reward_model,
+                                     max_new_tokens=limit_tokens, max_length=max_length, progress=progress,
+                                     stop_event=stop_event)
+            limits += f", answers for the reward model cut at {limit_tokens} new tokens"
         base, tuned = _aggregate(kind, per_row)
         if general_text and model_kind == "causal" and not stopped and GENERAL_TEXT.is_file():
             for name, value in general_perplexity(model, tokenizer, max_length=min(max_length, 512)).items():
@@ -494,6 +501,60 @@ def _preference(model, tokenizer, rows, *, model_kind, max_new_tokens, max_lengt
     return out, False
 
 
+def reward_model_of(config: Any, run_dir: str | Path) -> Path | None:
+    """The reward model of an rlhf run (its ``reward_model`` setting, else RUN_DIR/reward_model);
+    None for other strategies or when it is gone."""
+    from core.errors import ConfigError
+    from core.strategies.rlhf import reward_dir
+
+    if getattr(config, "strategy", "") != "rlhf":
+        return None
+    for where in ([config.reward_model] if config.reward_model else []) + [run_dir]:
+        try:
+            return reward_dir(where)
+        except ConfigError:
+            continue
+    return None
+
+
+def _reward_scores(model, tokenizer, rows, per_row, reward_path, *, max_new_tokens, max_length, progress,
+                   stop_event) -> bool:
+    """Base and tuned answer each preference prompt (greedy); the reward model scores both answers
+    (``reward`` in each side's scores; the answers as ``base_answer``/``tuned_answer``). Returns
+    whether it was stopped."""
+    import torch
+
+    from core.strategies.rlhf import load_reward_model
+
+    reward, reward_tok = load_reward_model(reward_path)
+    reward.to(model.device)
+    prompts = [_chat_prompt(tokenizer, r["prompt"]) for r in rows]
+
+    def score(prompt: list[dict], answers: list[str]) -> list[float]:
+        texts = []
+        for a in answers:  # rendered as the reward model saw its training pairs: through its chat template
+            messages = list(prompt) + [{"role": "assistant", "content": a}]
+            texts.append(reward_tok.apply_chat_template(messages, tokenize=False) if reward_tok.chat_template
+                         else "\n".join(m["content"] for m in messages))
+        enc = reward_tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        with torch.no_grad():
+            logits = reward(**{k: v.to(reward.device) for k, v in enc.items()
+                               if k in ("input_ids", "attention_mask")}).logits
+        return [float(x) for x in logits[:, 0]]
+
+    for i, j in _batches(len(rows)):
+        if stop_event.is_set():
+            return True
+        base, tuned = _both(model, lambda: _generate(model, tokenizer, prompts[i:j], max_new_tokens=max_new_tokens,
+                                                     max_length=max_length))
+        for k, (b, t) in enumerate(zip(base, tuned)):
+            rec = per_row[i + k]
+            rec["base_answer"], rec["tuned_answer"] = b, t
+            rec["base_scores"]["reward"], rec["tuned_scores"]["reward"] = score(rows[i + k]["prompt"], [b, t])
+        _tick(progress, j, len(rows), "answers scored by the reward model")
+    return False
+
+
 # -- forgetting ----------------------------------------------------------------------------------------
 def general_paragraphs(path: str | Path | None = None) -> list[str]:
     text = Path(path or GENERAL_TEXT).read_text(encoding="utf-8")
@@ -572,7 +633,7 @@ def evaluate_model(model_dir: str | Path, *, dataset: str | None = None, max_row
     if dataset:
         rows = file_rows(config, dataset, lm.tokenizer)
     else:
-        rows = held_out_rows(config, lm.tokenizer) if config.validation_split > 0 else []
+        rows = held_out_rows(config, lm.tokenizer) if config.validation_split != 0 else []
         if not rows:
             raise DataError("this run held out no validation rows",
                             "give --dataset FILE with rows like the training data")
@@ -582,7 +643,8 @@ def evaluate_model(model_dir: str | Path, *, dataset: str | None = None, max_row
     out_dir = model_dir.parent / "evaluations" / eval_id
     result = compare(lm.model, lm.tokenizer, rows, model_kind=lm.kind, max_rows=max_rows,
                      max_new_tokens=max_new_tokens, max_length=config.max_length, out_dir=out_dir,
-                     progress=progress, stop_event=stop_event, dataset=dataset or "held-out rows")
+                     progress=progress, stop_event=stop_event, dataset=dataset or "held-out rows",
+                     reward_model=reward_model_of(config, model_dir.parent))
     if store is not None:
         record(store, result, eval_id=eval_id, model_id=model_id or card.get("model_id"), run_id=card.get("run_id"))
     return result
@@ -631,7 +693,8 @@ def after_run(ctx: Any, store: Any, events: Any, model_id: str) -> dict | None:
                          max_new_tokens=config.compare_max_new_tokens or None, max_length=config.max_length,
                          out_dir=ctx.run_dir / "evaluations" / eval_id, progress=progress,
                          stop_event=ctx.stop_event, dataset="held-out rows",
-                         defaults=(AFTER_RUN_CPU_ROWS, AFTER_RUN_CPU_TOKENS) if ctx.device == "cpu" else None)
+                         defaults=(AFTER_RUN_CPU_ROWS, AFTER_RUN_CPU_TOKENS) if ctx.device == "cpu" else None,
+                         reward_model=reward_model_of(config, ctx.run_dir))
         record(store, result, eval_id=eval_id, model_id=model_id, run_id=ctx.run_id)
     except Exception as exc:  # noqa: BLE001 - the run is done; its evaluation is extra
         logging.getLogger("modelforge.compare").warning("comparison after run %s failed", ctx.run_id, exc_info=True)

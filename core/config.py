@@ -139,10 +139,11 @@ class RunConfig:
         "data", choices=REASONING,
     )
     validation_split: float = _f(
-        0.1,
-        "Share of rows held out for evaluation (0 disables evaluation). 0.1 is a good "
-        "default; tiny data sets may want 0.",
-        "data", min=0.0, max=0.5,
+        -1.0,
+        "Share of rows held out for evaluation. -1 (or 'auto', the default): 5% once the data has "
+        "200 rows, none below (tiny data needs every row for training); 0: none; 0.1: 10%. At most "
+        "300 rows are held out, and the run's log says what was chosen.",
+        "data", min=-1.0, max=0.5, auto=-1.0,
     )
     max_samples: int = _f(0, "Use at most this many rows (0: all). Handy for quick trials.", "data", min=0)
     text_chunk_chars: int = _f(
@@ -428,6 +429,8 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         if t == "float":
             if isinstance(value, bool):
                 raise ValueError
+            if isinstance(value, str) and value.strip().lower() == "auto" and "auto" in f.metadata:
+                return f.metadata["auto"]  # validation_split: auto (a number field with a named default)
             number = float(value)
             if not math.isfinite(number):  # NaN/inf pass float(): refuse them by name (core.limits)
                 raise ValueError(f"{name}: {limits.brief(value)} is not a finite number (NaN and infinity are not allowed)")
@@ -525,6 +528,9 @@ def config_problems(config: RunConfig, check_paths: bool = True,
             resolve(config.chat_template)
         except ConfigError as exc:
             problems += exc.problems
+    if config.validation_split < 0 and config.validation_split != -1:
+        problems.append(Problem(f"validation_split {config.validation_split:g} is not a share",
+                                "use -1 (auto), 0 (none) or a share such as 0.05", field="validation_split"))
     problems += distributed_problems(config)
     return problems
 

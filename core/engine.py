@@ -19,7 +19,6 @@ from typing import Any
 
 from core import distributed
 from core.checks import adjusted, check_config, preflight, validate_data  # noqa: F401 (preflight: re-exported)
-from core.compare_eval import MAX_EVAL_ROWS
 from core.config import RunConfig, save_yaml
 from core.errors import DataError, ModelForgeError, NotAvailableError, TrainingError
 from core.events import EventLog
@@ -71,9 +70,7 @@ def load_data(config: RunConfig, tokenizer: Any) -> tuple[list, list, Any]:
     examples = report.examples
     if config.max_samples:
         examples = examples[: config.max_samples]
-    train, evaluation = split_train_eval(examples, config.validation_split, config.seed)
-    if len(evaluation) > MAX_EVAL_ROWS:  # issue 16: a share of a big data set is plenty at a few hundred rows
-        train, evaluation = train + evaluation[MAX_EVAL_ROWS:], evaluation[:MAX_EVAL_ROWS]
+    train, evaluation = split_train_eval(examples, config.validation_split, config.seed)  # the held-out rule
     return train, evaluation, report
 
 
@@ -181,9 +178,14 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
     model, tokenizer = _load_model(provider, config)
     events.emit("log", message=f"validating {config.dataset}")
     train_rows, eval_rows, report = load_data(config, tokenizer)
-    events.emit("log", message=f"{len(train_rows)} training rows, {len(eval_rows)} evaluation rows "
-                               f"(validation_split {config.validation_split:g}, at most {MAX_EVAL_ROWS}; "
-                               f"format: {report.format})")
+    from core.data import held_out
+
+    choice = held_out(len(train_rows) + len(eval_rows), config.validation_split)
+    # Said once, in words: how many rows were held out and why (the auto rule or the number given).
+    events.emit("log", message=f"{choice.text}; {len(train_rows)} training rows (format: {report.format})",
+                validation=choice.text)
+    if config.early_stopping_patience and not eval_rows:
+        events.emit("log", message="early stopping is off: no validation rows to watch")
     device = _device()
     ctx = TrainContext(config=config, run_id=run_id, run_dir=run_dir, model=model, tokenizer=tokenizer,
                        train_rows=train_rows, eval_rows=eval_rows, callbacks=[], device=device,

@@ -1,5 +1,9 @@
 """The job manager: owns the accelerator, runs one training at a time in a worker thread.
 
+Other work on the device (a Models-tab evaluation: two models generating) is a *task* in the same
+queue (:meth:`JobManager.submit_task`): it waits for the run training, shows progress as events
+and stops the same way, but has no run record, so :attr:`current` and :meth:`waiting` list runs only.
+
 The app builds exactly one (app/services.py) and every browser talks to it, so two browsers
 pressing Train get one run and one queued, with a clear message. Pages never hold models;
 they ask the manager for the events of a run since an index, which also works after a reload
@@ -16,12 +20,13 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from core.checks import adjusted, check_config
 from core.config import RunConfig
 from core.engine import run_training
 from core.run import RunResult, create_run, last_checkpoint, resumable  # noqa: F401 (last_checkpoint: re-exported)
-from core.errors import BusyError, NotFoundError
+from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.events import TERMINAL, Event, EventLog, read_events
 from core.records import RecordStore
 
@@ -68,12 +73,18 @@ def _same_run(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "name"} == {k: v for k, v in b.items() if k != "name"}
 
 
+# A task's work: called with (stop event, event log) on the worker; returns the data of its
+# "finished" event. It emits "progress" events itself.
+TaskWork = Callable[[threading.Event, EventLog], dict]
+
+
 @dataclass
 class _Job:
-    config: RunConfig
+    config: RunConfig | None
     run_id: str
-    run_dir: Path
+    run_dir: Path | None
     resume_from: str | None = None
+    work: TaskWork | None = None  # a task (not a training run): what to do
 
 
 class JobManager:
@@ -93,6 +104,7 @@ class JobManager:
         self._waiting: list[str] = []
         self._configs: dict[str, dict] = {}  # run id -> config, while queued or running
         self._finished: list[str] = []       # run ids whose events are still in memory, oldest first
+        self._tasks: set[str] = set()         # ids of tasks queued or running (not runs)
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
@@ -160,6 +172,40 @@ class JobManager:
             self._enqueue(_Job(config, new_id, run_dir, resume_from=ckpt))
         return new_id
 
+    def submit_task(self, work: TaskWork, what: str) -> str:
+        """Queue other work on the device (an evaluation) behind the runs already queued; its id.
+        Follow it with :meth:`events` ("queued", "progress", then "finished"/"failed"/"cancelled"),
+        stop it with :meth:`stop`.
+
+        Raises:
+            BusyError: a run is training and the queue is full.
+        """
+        from core.records import new_id
+
+        with self._lock:
+            if self._current and len(self._waiting) >= self.max_queue:
+                raise BusyError(f"the device is busy ({self._current}) and {len(self._waiting)} more jobs are waiting",
+                                "wait for them to finish, or stop one")
+            task_id = new_id("task")
+            self._tasks.add(task_id)
+            self._enqueue(_Job(None, task_id, None, work=work))
+            self._logs[task_id].emit("log", message=what)
+        return task_id
+
+    def _run_task(self, job: _Job, stop: threading.Event) -> None:
+        """Run a task; every end is an event (it never raises)."""
+        events = self._logs[job.run_id]
+        try:
+            data = job.work(stop, events) or {}
+        except ModelForgeError as exc:
+            events.emit("failed", message=exc.message, hint=exc.hint, problems=[p.to_dict() for p in exc.problems])
+            return
+        except Exception as exc:  # noqa: BLE001 - a task's fault ends the task, not the worker
+            log.error("task %s failed:\n%s", job.run_id, traceback.format_exc())
+            events.emit("failed", message=f"{type(exc).__name__}: {str(exc)[:300]}", hint="see the log")
+            return
+        events.emit("cancelled" if stop.is_set() and data.get("stopped", True) else "finished", **data)
+
     def _enqueue(self, job: _Job) -> None:
         events = EventLog(job.run_id)
         self._logs[job.run_id] = events
@@ -191,7 +237,8 @@ class JobManager:
                 stop = self._stops.setdefault(job.run_id, threading.Event())
                 if stop.is_set():  # stopped while waiting
                     try:
-                        self.store.finish_run(job.run_id, "cancelled", error="stopped before it started")
+                        if job.work is None:
+                            self.store.finish_run(job.run_id, "cancelled", error="stopped before it started")
                     except Exception:  # noqa: BLE001 - the worker must survive a database hiccup
                         log.error("could not record the cancel of %s:\n%s", job.run_id, traceback.format_exc())
                     self._logs[job.run_id].emit("cancelled", message="stopped before it started")
@@ -199,6 +246,9 @@ class JobManager:
                     continue
                 self._current = job.run_id
             try:
+                if job.work is not None:
+                    self._run_task(job, stop)
+                    continue
                 result = run_training(job.config, self.store, self._logs[job.run_id], job.run_id,
                                       job.run_dir, stop_event=stop, resume_from=job.resume_from, long_lived=True)
                 self._results[job.run_id] = result
@@ -214,6 +264,7 @@ class JobManager:
         """A run ended: forget its config and stop flag; keep its events for the last few runs."""
         self._configs.pop(run_id, None)
         self._stops.pop(run_id, None)
+        self._tasks.discard(run_id)
         self._finished.append(run_id)
         while len(self._finished) > KEEP_FINISHED_LOGS:
             old = self._finished.pop(0)
@@ -232,10 +283,18 @@ class JobManager:
     # -- observing ----------------------------------------------------------------------------------
     @property
     def current(self) -> str | None:
+        """The run training now (None while the device is idle or runs a task)."""
+        current = self._current
+        return None if current in self._tasks else current
+
+    @property
+    def busy(self) -> str | None:
+        """What holds the device now: a run or a task id (None: idle)."""
         return self._current
 
     def waiting(self) -> list[str]:
-        return list(self._waiting)
+        """The runs waiting (not the tasks)."""
+        return [j for j in self._waiting if j not in self._tasks]
 
     def ahead(self, run_id: str) -> tuple[int, str | None]:
         """(how many runs train before ``run_id`` on this device, the one training or next to).
@@ -269,7 +328,10 @@ class JobManager:
         while time.time() < deadline:
             evs = self._logs.get(run_id)
             if evs is not None:
-                if any(e.type in TERMINAL for e in evs.events):
+                ended = [e.type for e in evs.events if e.type in TERMINAL]
+                if ended and run_id.startswith("task-"):  # a task has no record: its last event says
+                    return {"finished": "completed"}.get(ended[-1], ended[-1])
+                if ended:
                     return self.store.get_run(run_id).status
                 evs.wait(len(evs.events), timeout=0.5)
             else:

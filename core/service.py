@@ -44,3 +44,39 @@ def start(jobs: JobManager, config: RunConfig) -> Started:
     # read "nothing is training" and both say "started".
     position, behind = jobs.ahead(run_id)
     return Started(run_id, position, behind, checked.memory)
+
+
+def evaluate(jobs: JobManager, model_id: str, *, dataset: str | None = None, max_rows: int | None = None,
+             max_new_tokens: int | None = None) -> str:
+    """Queue a base-vs-tuned evaluation of a recorded model (issue 16) on the device's one queue:
+    it waits for the run training, reports "progress" events, can be stopped
+    (``jobs.stop(task_id)``, after the current batch: what was done is kept), and records its
+    Evaluation. Returns the task id; follow it with ``jobs.events(task_id)``.
+
+    Raises:
+        NotFoundError: no such model. ModelForgeError: bounds out of range. BusyError: queue full.
+    """
+    from core.limits import int_in_range
+
+    record = jobs.store.get_model(model_id)
+    # Refused here, in the request, not minutes later in the queue.
+    if max_rows is not None:
+        max_rows = int_in_range(max_rows, "max_rows", 1, 100_000)
+    if max_new_tokens is not None:
+        max_new_tokens = int_in_range(max_new_tokens, "max_new_tokens", 1, 2048)
+
+    def work(stop, events) -> dict:
+        from core.compare_eval import evaluate_model
+
+        def progress(done: int, total: int, message: str) -> None:
+            events.emit("progress", step=done, total_steps=total, message=message)
+
+        events.emit("progress", message="loading the model and its base")
+        result = evaluate_model(record.path, dataset=dataset or None, max_rows=max_rows,
+                                max_new_tokens=max_new_tokens, store=jobs.store, model_id=record.id,
+                                progress=progress, stop_event=stop)
+        return {"model_id": record.id, "summary": result.summary(), "limits": result.limits,
+                "seconds": result.seconds, "stopped": result.stopped, "rows": result.rows}
+
+    return jobs.submit_task(work, f"evaluate {record.name} ({record.id})"
+                                  + (f" on {dataset}" if dataset else " on its held-out rows"))

@@ -45,9 +45,9 @@ def tracker_problems(config: Any) -> list[Problem]:
             problems.append(Problem(f"report_to {name}: the {PACKAGES[name]} package is not installed",
                                     f"pip install 'modelforge[trackers]' (or {PACKAGES[name]}), or set report_to none",
                                     field="report_to"))
-    if getattr(config, "early_stopping_patience", 0) and getattr(config, "validation_split", 0) <= 0:
+    if getattr(config, "early_stopping_patience", 0) and getattr(config, "validation_split", 0) == 0:
         problems.append(Problem("early stopping watches the eval loss, but validation_split is 0",
-                                "set validation_split > 0 (e.g. 0.05), or early_stopping_patience 0",
+                                "set validation_split > 0 (e.g. 0.05) or -1 (auto), or early_stopping_patience 0",
                                 field="early_stopping_patience"))
     return problems
 
@@ -119,10 +119,31 @@ def _mlflow(run_dir: Path):
     return RunMLflowCallback()
 
 
+# The user's own WANDB_DIR (read once, before a run sets it): else each run logs into its own folder.
+_USER_WANDB_DIR = os.environ.get("WANDB_DIR")
+
+
 def _wandb(run_dir: Path):
     from transformers.integrations import WandbCallback
 
-    os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network unless the user set it
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbCallback()
+    class RunWandbCallback(WandbCallback):
+        """transformers' wandb callback with one wandb run per ModelForge run, in RUN_DIR/wandb (the
+        app trains many runs in one process: setdefault would send them all to the first one's
+        folder, and an unfinished wandb run would swallow the next run's logs)."""
+
+        def setup(self, args, state, model, **kwargs):
+            os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network unless the user set it
+            os.environ.setdefault("WANDB_SILENT", "true")
+            if self._wandb is not None and self._wandb.run is None and state.is_world_process_zero:
+                # Started here with dir=: wandb reads WANDB_DIR once per process, not once per run.
+                self._wandb.init(project=os.getenv("WANDB_PROJECT", "modelforge"), name=run_dir.name,
+                                 dir=_USER_WANDB_DIR or str(run_dir))
+            super().setup(args, state, model, **kwargs)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            super().on_train_end(args, state, control, **kwargs)
+            if self._wandb is not None and self._wandb.run is not None and state.is_world_process_zero:
+                self._wandb.finish()  # writes the run's files now, and the next run starts its own
+            self._initialized = False
+
+    return RunWandbCallback()

@@ -45,12 +45,13 @@ def test_help_lists_every_command(home):
 def test_train_json_then_models_lists_it_and_adapter_reloads(home, shared_data, demo_model):
     out = mf("train", "--model", "demo", "--dataset", str(shared_data / "alpaca_en_demo.json"),
              "--task", "text-generation", "--strategy", "sft", "--max-steps", "5", "--max-samples", "200",
-             "--max-length", "128", "--json", home=home)
+             "--max-length", "128", "--compare-after-training", "false", "--json", home=home)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["status"] == "completed"
     assert {"run_id", "output_dir", "model_id", "metrics"} <= set(result)
     assert "eval_loss" in result["metrics"] and "perplexity" in result["metrics"]
+    assert "validation: 10 of 200 rows held out (auto: 5%)" in out.stderr  # the default rule, said
 
     from peft import PeftConfig
 

@@ -279,3 +279,24 @@ def test_train_more_refuses_nothing_negative_or_non_finite_before_any_lookup(ste
     with pytest.raises(ModelForgeError) as err:
         prepare_more(None, "any-run", steps=steps, epochs=epochs)  # no store needed: refused first
     assert "--more-steps" in err.value.hint
+
+
+def test_an_rlhf_run_s_comparison_adds_its_reward_model_s_score(store, shared_data, tmp_path):
+    """After an rlhf run the comparison also scores base and tuned answers with the run's reward model."""
+    rows = json.loads((shared_data / "dpo_en_demo.json").read_text())[:16]
+    data = tmp_path / "dpo16.json"
+    data.write_text(json.dumps(rows))
+    result, run_dir = _train(store, RunConfig(
+        model="demo", strategy="rlhf", dataset=str(data), max_steps=1, batch_size=2, max_length=64,
+        validation_split=0.25, learning_rate=1e-3, compare_max_rows=3, compare_max_new_tokens=6, save_steps=50))
+    ev = store.evaluations(run_id=result.run_id)[0]
+    assert ev.kind == "preference" and ev.rows == 3
+    assert {"reward", "chosen_preferred", "margin"} <= set(ev.base) & set(ev.tuned)
+    assert "reward-model score" in ev.summary
+    predicted = [json.loads(line) for line in open(ev.predictions, encoding="utf-8")]
+    assert all(isinstance(r["tuned_scores"]["reward"], float) and "tuned_answer" in r for r in predicted)
+    # the same score from the CLI's evaluate (the model folder finds RUN_DIR/reward_model)
+    from core.compare_eval import evaluate_model
+
+    again = evaluate_model(run_dir / "model", max_rows=2, max_new_tokens=6)
+    assert again.rows == 2 and "reward" in again.tuned

@@ -16,7 +16,8 @@ from tests.helpers import assert_answers
 
 def _config(dataset: Path, **kw) -> RunConfig:
     base = dict(model="demo", dataset=str(dataset), max_steps=4, batch_size=2, max_length=128,
-                logging_steps=1, save_steps=2, validation_split=0.25, learning_rate=1e-3)
+                logging_steps=1, save_steps=2, validation_split=0.25, learning_rate=1e-3,
+                compare_after_training=False)  # base vs tuned is tests/test_compare_eval.py's (it costs time)
     base.update(kw)
     return RunConfig(**base)
 

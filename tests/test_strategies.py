@@ -23,7 +23,8 @@ from tests.helpers import assert_answers
 def train_run(store, dataset: Path, **kw):
     """prepare_run + run_training on tiny settings; returns (result, run_dir)."""
     base = dict(model="demo", dataset=str(dataset), max_steps=2, batch_size=2, max_length=64, logging_steps=1,
-                save_steps=50, validation_split=0.25, learning_rate=1e-3)
+                save_steps=50, validation_split=0.25, learning_rate=1e-3,
+                compare_after_training=False)  # base vs tuned is tests/test_compare_eval.py's (it costs time)
     base.update(kw)
     config, run_id, run_dir = prepare_run(RunConfig(**base), store)
     result = run_training(config, store, EventLog(run_id), run_id, run_dir)

@@ -227,7 +227,7 @@ def _link_base(base_path: str, dest: Path) -> None:
 
 def _validation_rows(run_config: dict) -> tuple[list[dict], str]:
     """Up to a few rows of the run's validation split (the same split training used)."""
-    if not run_config.get("dataset") or not float(run_config.get("validation_split") or 0):
+    if not run_config.get("dataset") or float(run_config.get("validation_split", -1)) == 0:
         return [], "the run held out no validation data"
     try:
         from core.checks import validate_file
@@ -242,7 +242,7 @@ def _validation_rows(run_config: dict) -> tuple[list[dict], str]:
         examples = report.examples
         if run_config.get("max_samples"):
             examples = examples[: int(run_config["max_samples"])]
-        _, evaluation = split_train_eval(examples, float(run_config["validation_split"]),
+        _, evaluation = split_train_eval(examples, float(run_config.get("validation_split", -1)),
                                          int(run_config.get("seed", 42)))
         return [r for r in evaluation if isinstance(r, dict) and r.get("messages")], ""
     except Exception as exc:  # noqa: BLE001 - the example prompts are still verified

@@ -1,0 +1,81 @@
+"""Issue 16: the Models tab's "Evaluate" is a job of the job manager, like training: it waits while a
+run trains on the device, reports progress, can be stopped (queued or midway), and records its
+result; the Train tab never mistakes it for a run."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.common import AppContext
+from components.evaluation_panel import follow
+from core.config import RunConfig
+from core.jobs import JobManager
+from core.service import evaluate
+
+
+def _config(data, **kw) -> RunConfig:
+    base = dict(model="demo", dataset=str(data), max_steps=2, batch_size=2, max_length=64, logging_steps=1,
+                save_steps=100, validation_split=0.25, learning_rate=1e-3, compare_after_training=False)
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def trained(store, small_alpaca):
+    """(job manager, model id) of a short completed run, with its 12 held-out rows."""
+    jobs = JobManager(store)
+    run_id = jobs.submit(_config(small_alpaca, name="to-evaluate"))
+    assert jobs.wait(run_id, timeout=600) == "completed"
+    return jobs, store.get_run(run_id).model_id
+
+
+def test_an_evaluation_waits_for_the_training_run_then_records_its_result(trained, small_alpaca, store):
+    jobs, model_id = trained
+    busy = jobs.submit(_config(small_alpaca, max_steps=6, name="busy"))
+    task = evaluate(jobs, model_id, max_rows=4)
+    assert busy in jobs.waiting() or jobs.current == busy
+    assert task not in jobs.waiting() and jobs.current != task  # the Train tab sees runs only
+    said = list(follow(AppContext(store=store, jobs=jobs), task, poll_s=0.05))
+    kinds = [k for k, _ in said]
+    assert kinds[-1] == "finished", said
+    assert any("run(s) ahead on this device" in text for k, text in said if k == "status"), said
+    assert any(text.startswith("⏳ evaluating base and tuned") for k, text in said if k == "status"), said
+    assert jobs.wait(busy, timeout=600) == "completed"
+    # one thing on the device at a time: the evaluation's work began after the run ended
+    run_end = [e.time for e in jobs.events(busy) if e.type == "finished"][0]
+    eval_start = [e.time for e in jobs.events(task) if e.type == "progress"][0]
+    assert eval_start >= run_end
+    data = said[-1][1]
+    assert data["rows"] == 4 and data["model_id"] == model_id and "tuned" in data["summary"]
+    recorded = store.evaluations(model_id=model_id)
+    assert len(recorded) == 1 and recorded[0].rows == 4
+    assert jobs.wait(task, timeout=5) == "completed"
+
+
+def test_an_evaluation_stopped_while_queued_or_midway_ends_cancelled(trained, small_alpaca, store):
+    jobs, model_id = trained
+    ctx = AppContext(store=store, jobs=jobs)
+    busy = jobs.submit(_config(small_alpaca, max_steps=4, name="busy2"))
+    queued = evaluate(jobs, model_id)
+    assert jobs.stop(queued)
+    assert list(follow(ctx, queued, poll_s=0.05))[-1] == ("cancelled", {"message": "stopped before it started"})
+    assert jobs.wait(busy, timeout=600) == "completed"
+    assert store.evaluations(model_id=model_id) == []
+
+    # midway: 48 rows are 6 batches of each model; stop at the first progress report
+    task = evaluate(jobs, model_id, dataset=str(small_alpaca), max_rows=48)
+    for kind, data in follow(ctx, task, poll_s=0.02):
+        if kind == "status" and "evaluating" in data:
+            jobs.stop(task)
+        last = (kind, data)
+    assert last[0] == "cancelled" and last[1]["stopped"] is True and last[1]["rows"] < 48, last
+
+
+def test_bad_bounds_and_unknown_models_are_refused_before_queueing(trained):
+    from core.errors import ConfigError, NotFoundError
+
+    jobs, model_id = trained
+    with pytest.raises(ConfigError, match="max_rows"):
+        evaluate(jobs, model_id, max_rows=0)
+    with pytest.raises(NotFoundError):
+        evaluate(jobs, "model-nope")
+    assert not str(jobs.busy).startswith("task-") and not jobs.waiting()  # nothing was queued
