@@ -551,7 +551,7 @@ def view_outputs(ctx: AppContext, state: dict, view: RunView | None, relist: boo
     note = ""
     if view.run_id and not has_eval:
         if view.validation.startswith("validation: none (auto"):  # the held-out rule's words (issue 16)
-            note = "No eval loss for this run: " + view.validation.removeprefix("validation: none ") + "."
+            note = "No eval loss for this run " + view.validation.removeprefix("validation: none ") + "."
         elif view.validation.startswith("validation: none") or (not view.validation and not view.validation_split):
             note = EVAL_NOTE_NONE  # none held out by choice (or a run recorded before the rule)
         else:

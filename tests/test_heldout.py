@@ -90,12 +90,18 @@ def test_the_eval_plot_marks_the_step_early_stopping_kept():
 
 
 def test_the_train_tab_eval_plot_says_why_there_is_no_eval_loss():
+    from types import SimpleNamespace
+
     from components.train_tab import OUTPUT_NAMES, RunView, view_outputs
 
+    idle = SimpleNamespace(jobs=SimpleNamespace(current=None, waiting=lambda: []))  # no run active
     text = "validation: none (auto: 91 rows is too few, 200 needed; set validation_split to hold some out)"
-    out = view_outputs(None, {}, RunView(run_id="r1", validation=text), relist=False)
+    out = view_outputs(idle, {}, RunView(run_id="r1", validation=text), relist=False)
     plot = out[OUTPUT_NAMES.index("eval_loss")]
-    assert plot.title == "eval loss: none (auto: 91 rows is too few, 200 needed; set validation_split to hold some out)"
+    assert plot.visible is False  # an empty plot does not take a quarter of the tab
+    note = out[OUTPUT_NAMES.index("eval_note")]
+    assert note == ("No eval loss for this run (auto: 91 rows is too few, 200 needed; "
+                    "set validation_split to hold some out).")
 
 
 def test_train_help_states_the_rule(capsys):
