@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from core.models import trainer_autocast
+
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
@@ -74,8 +76,11 @@ def training_kwargs(ctx: "TrainContext", *, lora: bool = True) -> dict[str, Any]
         disable_tqdm=True,          # the CLI and the app draw their own progress from events
         dataloader_num_workers=0,   # workers would fork a process holding the model
         use_cpu=ctx.device == "cpu",
-        bf16=ctx.dtype == "bf16",
-        fp16=ctx.dtype == "fp16",
+        # Autocast on GPUs only: a CPU bf16 run is bf16 weights without it (core.models.trainer_autocast).
+        bf16=trainer_autocast(ctx.dtype, ctx.device) == "bf16",
+        fp16=trainer_autocast(ctx.dtype, ctx.device) == "fp16",
+        # The trainer compiles the model (accelerate's dynamo plugin) and unwraps it to save.
+        torch_compile=ctx.compile_model,
         remove_unused_columns=True,
         # A NaN/inf step loss must reach the logs: the EventCallback fails the run on it, and the
         # default filter would log the running mean instead (the engine's NaN guard also turns
