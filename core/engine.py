@@ -193,6 +193,7 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
     plan = _compile_plan(ctx)
     ctx.compile_model = plan.enabled
     callback.compile_s = plan.compile_s
+    events.emit("log", message=_precision_line(ctx))
     events.emit("log", message=f"torch.compile {plan.reason}")
     ctx.callbacks.append(callback)
     ctx.callbacks.append(_nan_guard())
@@ -220,6 +221,20 @@ def _train_tokens(config: RunConfig, rows: list[dict]) -> float:
     else:
         examples = len(rows) * config.num_epochs
     return examples * per_row
+
+
+def _precision_line(ctx: TrainContext) -> str:
+    """One line for the events: the precision, the device and torch's thread count, and on a CPU
+    with precision auto why (the sentence `modelforge hardware` shows)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    line = f"training on {ctx.device} in {ctx.dtype}, {threads} torch thread{'s' if threads != 1 else ''}"
+    if ctx.device == "cpu" and ctx.config.precision == "auto":
+        from core.hardware import cpu_precision_reason
+
+        line += f" (precision auto: {cpu_precision_reason(threads=threads, quantization=ctx.config.quantization)[1]})"
+    return line
 
 
 def _compile_plan(ctx: TrainContext):
