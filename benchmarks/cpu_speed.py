@@ -1,31 +1,35 @@
 """CPU training speed: precision and torch.compile at the thread count the app uses, and utilisation.
 
 What ``precision: auto`` and ``compile: auto`` mean on a CPU is decided from this table
-(:func:`core.hardware.auto_precision`, :func:`core.speed.compile_decision`). The same plain trl
-SFT + LoRA script (ModelForge's LoRA and batching defaults, alpaca_en_demo rows, seed 42) runs in
-one child process per model, every variant alternated over repetitions, with torch's thread count
-left as the app leaves it (all cores) unless ``--threads`` sets ``MF_BENCH_THREADS``:
+(:func:`core.hardware.auto_precision`, :func:`core.speed.compile_plan`). One child process per
+model builds every variant (ModelForge's LoRA: r16, alpha 32, all linear layers; AdamW lr 2e-4) and
+trains them on the same fixed batches (alpaca_en_demo rows through the chat template, grouped by
+length, batch 4, up to 256 tokens, loss on every real token), one step each in turn with the
+order rotating: on a machine shared with other work, a burst of load hits every variant alike,
+which whole-run alternation did not achieve (step times swung 20x). torch's thread count is left
+as the app leaves it (all physical cores) unless ``--threads`` sets ``MF_BENCH_THREADS``.
 
 - ``fp32``: fp32 weights, no autocast (what ``precision: auto`` trained on a CPU until 2026-12-04);
-- ``bf16 weights``: the base loaded in bf16, LoRA adapters and AdamW state in fp32 (peft keeps
-  adapters fp32 by default), no autocast;
-- ``bf16 weights + autocast``: the same plus the trainer's ``bf16=True`` (torch.autocast);
-- ``all bf16``: adapters (and so their AdamW state) in bf16 too;
-- with ``compile``: the same under ``torch_compile=True`` (first steps compile: reported apart).
+- ``bf16 weights``: the base in bf16, LoRA adapters and their AdamW state in fp32 (peft's
+  default), no autocast: what ``precision: auto`` trains on a CPU with bf16 matrix units now;
+- ``bf16 weights + autocast``: the same under torch.autocast (the trainer's ``bf16=True``);
+- ``all bf16``: adapters (so their AdamW state) in bf16 too;
+- ``compile ...``: the same model under ``torch.compile`` (the first steps compile; the compile
+  time and the steps needed to win it back are reported).
 
-Speed = median over identical steps (same batches, same order) of fp32's step time / the
-variant's; loss = the last logged training loss, relative to fp32's (same steps, same data).
-Utilisation: model FLOPs per second / the peak of a plain square matmul measured in the same
-child at the same thread count, in fp32 and bf16. Model FLOPs per token are counted two ways:
-``6N`` (the common approximation for full training) and ``4N`` for LoRA (forward 2N + the
-backward's input gradients 2N; the frozen base gets no weight gradients; adapters are <1% of N).
+Speed = median over the measured steps of fp32's step time / the variant's on the same batch.
+Loss = the mean loss of the last 5 steps relative to fp32's (same batches, same initialisation).
+Utilisation: model FLOPs per second / the peak of a plain 2048 x 2048 matmul measured in the same
+child at the same thread count (fp32 peak for fp32 variants, bf16 peak for bf16 ones). Model
+FLOPs per token are counted two ways: ``6N`` (the common approximation for full training) and
+``4N`` for LoRA (forward 2N + the backward's input gradients 2N; the frozen base gets no weight
+gradients; the adapters are under 2% of N), N = all parameters, embeddings included.
 
 Child protocol: ``python -m benchmarks.cpu_speed --child SPEC_JSON`` prints one JSON line.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import random
@@ -51,40 +55,12 @@ COMPILED = {
     "compile bf16 weights": ("bf16", False, False, True),
 }
 SIZES = {
-    "smoke": dict(models=("demo",), reps=1, warmup=2, steps=3, compile_models=(), batch=2, max_length=128),
-    "quick": dict(models=("demo", "29m", "100m"), reps=1, warmup=3, steps=10, compile_models=("29m",), batch=4,
+    "smoke": dict(models=("demo",), warmup=2, steps=3, compile_models=(), batch=2, max_length=128),
+    "quick": dict(models=("demo", "29m", "100m"), warmup=4, steps=12, compile_models=("29m",), batch=4,
                   max_length=256),
-    "full": dict(models=("demo", "29m", "100m"), reps=2, warmup=4, steps=20, compile_models=("demo", "29m", "100m"),
+    "full": dict(models=("demo", "29m", "100m"), warmup=4, steps=40, compile_models=("demo", "29m", "100m"),
                  batch=4, max_length=256),
 }
-
-
-class StepClock:
-    """A TrainerCallback (duck-typed) stamping each step's end, trl's token counter and the loss."""
-
-    def __init__(self):
-        self.t: dict[int, float] = {}
-        self.tokens: dict[int, float] = {}
-        self.loss: dict[int, float] = {}
-        self.start = 0.0
-
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.t[state.global_step] = time.perf_counter()
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        logs = logs or {}
-        if "num_tokens" in logs:
-            self.tokens[state.global_step] = float(logs["num_tokens"])
-        if "loss" in logs:
-            self.loss[state.global_step] = float(logs["loss"])
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
@@ -104,69 +80,90 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
     return best
 
 
-def train_once(spec: dict, out: Path, weights: str, autocast: bool, bf16_adapters: bool, compiled: bool) -> StepClock:
+def _batches(spec: dict, tok) -> list[dict]:
+    """The run's batches, fixed: alpaca rows through the chat template, sorted by length into
+    batches of ``batch`` (length grouping, as ModelForge's default), padded to their longest row."""
     import torch
-    from datasets import Dataset
+
+    rows = [alpaca_to_trl(r) for r in alpaca_rows(spec["samples"])]
+    texts = [tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
+    ids = [tok(t, add_special_tokens=False)["input_ids"][: spec["max_length"]] for t in texts]
+    ids.sort(key=len)
+    groups = [ids[i:i + spec["batch"]] for i in range(0, len(ids) - spec["batch"] + 1, spec["batch"])]
+    random.Random(42).shuffle(groups)
+    out = []
+    for g in groups[: spec["max_steps"]]:
+        width = max(map(len, g))
+        input_ids = torch.full((len(g), width), tok.pad_token_id)
+        mask = torch.zeros((len(g), width), dtype=torch.long)
+        for i, seq in enumerate(g):
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        out.append({"input_ids": input_ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def _variant(spec: dict, weights: str, autocast: bool, bf16_adapters: bool, compiled: bool):
+    """(step function, model) for one variant: LoRA as ModelForge sets it, AdamW as the trainer's."""
+    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers import trainer as trainer_module
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM
 
     from core.config import RunConfig
-    from core.strategies.sft import batching
 
     c = RunConfig()
-    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    torch.manual_seed(42)  # the same adapter initialisation in every variant
     model = AutoModelForCausalLM.from_pretrained(
         spec["model_dir"], dtype=torch.bfloat16 if weights == "bf16" else torch.float32)
-    lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules="all-linear",
+    model.config.use_cache = False
+    lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM", bias="none")
     model = get_peft_model(model, lora, autocast_adapter_dtype=not bf16_adapters)
-    rows = alpaca_rows(spec["samples"])
-    order = list(range(len(rows)))
-    random.Random(42).shuffle(order)
-    ds = Dataset.from_list([alpaca_to_trl(rows[i]) for i in order])
-    args = SFTConfig(output_dir=str(out), max_steps=spec["max_steps"], per_device_train_batch_size=spec["batch"],
-                     learning_rate=2e-4, lr_scheduler_type="linear", logging_steps=1, save_steps=10_000, seed=42,
-                     data_seed=42, report_to=[], disable_tqdm=True, use_cpu=True, bf16=autocast,
-                     max_length=spec["max_length"], completion_only_loss=True, gradient_checkpointing=False,
-                     torch_compile=compiled, **batching(c))
-    clock = StepClock()
-    trainer_module.DEFAULT_CALLBACKS.append(clock)
-    try:
-        SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train()
-    finally:
-        trainer_module.DEFAULT_CALLBACKS.remove(clock)
-        if compiled:
-            torch._dynamo.reset()
-        gc.collect()
-    return clock
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
+    fwd = torch.compile(model) if compiled else model
+
+    def step(batch) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = fwd(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
 
 
 def child(spec: dict) -> dict:
+    """Every variant trains on the same batches in the same order, one step each in turn (the
+    order rotating), so a burst of load from another process hits all of them alike."""
     setup_env()
-    import datasets
     import torch
     import transformers
+    from transformers import AutoTokenizer
 
-    datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     os.environ["MODELFORGE_HOME"] = str(Path(spec["work"]) / "home")
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    batches = _batches(spec, tok)
     variants = dict(EAGER, **(COMPILED if spec["compile"] else {}))
-    out: dict[str, list] = {k: [] for k in variants}
+    steps = {name: _variant(spec, *args) for name, args in variants.items()}
+    out: dict[str, dict] = {name: {"step_s": [], "loss": [], "tokens": []} for name in variants}
     peaks = {d: matmul_peak(d) for d in ("fp32", "bf16")}
-    for rep in range(spec["reps"]):
-        names = list(variants) if rep % 2 == 0 else list(reversed(variants))
-        for name in names:
-            clock = train_once(spec, Path(spec["work"]) / f"{rep}-{name.replace(' ', '_')}", *variants[name])
-            w, last = spec["warmup"], spec["max_steps"]
-            out[name].append({
-                "step_s": [clock.t[i] - clock.t[i - 1] for i in range(w + 1, last + 1)],
-                "tokens": clock.tokens[last] - clock.tokens[w], "window_s": clock.t[last] - clock.t[w],
-                "first_step_s": clock.t[1] - clock.start, "warmup_s": clock.t[w] - clock.start,
-                "final_loss": clock.loss.get(last)})
+    names = list(variants)
+    for i, batch in enumerate(batches):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            loss = steps[name](batch)
+            out[name]["step_s"].append(time.perf_counter() - t0)
+            out[name]["loss"].append(loss)
+            out[name]["tokens"].append(int(batch["attention_mask"].sum()))
+        with (Path(spec["work"]) / "progress.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": i, **{n: round(out[n]["step_s"][-1], 3) for n in names}}) + "\n")
     peaks_after = {d: matmul_peak(d) for d in ("fp32", "bf16")}
-    return {"results": out, "threads": torch.get_num_threads(),
+    return {"results": out, "threads": torch.get_num_threads(), "warmup": spec["warmup"],
             "peak_gflops": {d: max(peaks[d], peaks_after[d]) for d in peaks}}
 
 
@@ -203,32 +200,43 @@ def run(mode: str, work: Path) -> dict:
     for kind in size["models"]:
         model_dir = _model(kind, work)
         params = _params(model_dir)
-        spec = {"work": str(work / kind), "model_dir": str(model_dir), "reps": size["reps"],
-                "warmup": size["warmup"], "max_steps": size["warmup"] + size["steps"], "samples": 400,
-                "batch": size["batch"], "max_length": size["max_length"], "compile": kind in size["compile_models"]}
+        (work / kind).mkdir(parents=True, exist_ok=True)
+        spec = {"work": str(work / kind), "model_dir": str(model_dir), "warmup": size["warmup"],
+                "max_steps": size["warmup"] + size["steps"], "samples": 600, "batch": size["batch"],
+                "max_length": size["max_length"], "compile": kind in size["compile_models"]}
         res = run_child(["benchmarks.cpu_speed", "--child", json.dumps(spec)], timeout=3600)
         raw[kind] = res
+        w = res["warmup"]
         base = res["results"]["fp32"]
-        for name, runs in res["results"].items():
-            speed = median(b / r for run_, b_run in zip(runs, base) for r, b in zip(run_["step_s"], b_run["step_s"]))
-            loss = median(abs(r["final_loss"] - b["final_loss"]) / abs(b["final_loss"]) for r, b in zip(runs, base))
-            tps = median(r["tokens"] / r["window_s"] for r in runs)
+        for name, r in res["results"].items():
+            # Per step, fp32's time / this variant's on the same batch (run back to back): the median.
+            speed = median(b / x for x, b in zip(r["step_s"][w:], base["step_s"][w:]))
+            # Loss: the mean of the last 5 steps' losses (same batches), relative to fp32's.
+            last = lambda xs: sum(xs[-5:]) / len(xs[-5:])  # noqa: E731
+            loss = abs(last(r["loss"]) - last(base["loss"])) / abs(last(base["loss"]))
+            tps = sum(r["tokens"][w:]) / sum(r["step_s"][w:])
             peak = res["peak_gflops"]["bf16" if "bf16" in name else "fp32"]
             rows.append({"model": f"{kind} ({params / 1e6:.1f}M)", "variant": name, "tokens/s": rnd(tps, 1),
-                         "vs fp32": rnd(speed), "final loss vs fp32": f"{loss:.2%}",
-                         "first step s": rnd(median(r["first_step_s"] for r in runs), 1),
+                         "vs fp32": rnd(speed), "loss vs fp32 (last 5 steps)": f"{loss:.2%}",
+                         "first step s": rnd(r["step_s"][0], 1),
                          "MFU 4N (LoRA)": f"{4 * params * tps / (peak * 1e9):.1%}",
                          "MFU 6N": f"{6 * params * tps / (peak * 1e9):.1%}", "peak": "bf16" if "bf16" in name else "fp32"})
+            if "compile" in name:
+                eager = res["results"][name.replace("compile ", "") if "bf16" in name else "fp32"]
+                extra = sum(r["step_s"][:w]) - sum(eager["step_s"][:w])
+                saved = median(e - x for x, e in zip(r["step_s"][w:], eager["step_s"][w:]))
+                rows[-1]["compile s / break-even steps"] = (
+                    f"{extra:.0f} s / {extra / saved:.0f}" if saved > 0 else f"{extra:.0f} s / never")
         best = max((r for r in rows if r["model"].startswith(kind) and "compile" not in r["variant"]),
                    key=lambda r: r["vs fp32"])
         figures.append(figure(f"{kind} model: fastest eager precision vs fp32", best["vs fp32"],
-                              note=f"{best['variant']}, final loss vs fp32 {best['final loss vs fp32']}"))
+                              note=f"{best['variant']}, loss vs fp32 {best['loss vs fp32 (last 5 steps)']}"))
     peaks = next(iter(raw.values()))["peak_gflops"]
     figures.append(figure("matmul peak fp32 / bf16 (GFLOP/s, 2048^2)", f"{peaks['fp32']:.0f} / {peaks['bf16']:.0f}",
                           note=f"{next(iter(raw.values()))['threads']} torch threads"))
     return {"name": "cpu_speed", "title": "CPU training speed: precision, torch.compile, utilisation",
             "setup": {"batch": size["batch"], "max_length": size["max_length"], "warmup_steps": size["warmup"],
-                      "measured_steps": size["steps"], "repetitions": size["reps"]},
+                      "measured_steps": size["steps"]},
             "figures": figures, "table": rows, "raw": raw}
 
 
