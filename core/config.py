@@ -26,6 +26,7 @@ from typing import Any
 
 from core import limits
 from core.errors import ConfigError, Problem
+from core.hardware import CPU_BF16_SPEEDUP
 
 TASKS = ("text-generation", "summarization", "extractive-qa")
 DATA_FORMATS = (
@@ -211,8 +212,8 @@ class RunConfig:
         "auto",
         "Numeric precision. 'auto': bf16 on GPUs that support it, fp16 on older GPUs; on a CPU, "
         "bf16 weights (LoRA adapters stay fp32) when the CPU has bf16 matrix instructions "
-        "(AVX-512 bf16 / AMX) and trains on 2 or more threads (measured ~1.5x faster than fp32, same "
-        "loss), else fp32. `modelforge hardware` shows what auto means here.",
+        f"(AVX-512 bf16 / AMX) and trains on 2 or more threads (measured {CPU_BF16_SPEEDUP} faster than "
+        "fp32, same loss), else fp32. `modelforge hardware` shows what auto means here and why.",
         "training",
         choices=PRECISION,
     )
