@@ -80,7 +80,7 @@ def training_kwargs(ctx: "TrainContext", *, lora: bool = True) -> dict[str, Any]
         bf16=trainer_autocast(ctx.dtype, ctx.device) == "bf16",
         fp16=trainer_autocast(ctx.dtype, ctx.device) == "fp16",
         # The trainer compiles the model (accelerate's dynamo plugin) and unwraps it to save.
-        torch_compile=ctx.compile_model,
+        torch_compile=getattr(ctx, "compile_model", False),
         remove_unused_columns=True,
         # A NaN/inf step loss must reach the logs: the EventCallback fails the run on it, and the
         # default filter would log the running mean instead (the engine's NaN guard also turns
