@@ -196,48 +196,84 @@ def run(mode: str, work: Path) -> dict:
     size = SIZES[mode]
     work = Path(work) / "cpu_speed"
     work.mkdir(parents=True, exist_ok=True)
-    rows, figures, raw = [], [], {}
+    raw = {}
     for kind in size["models"]:
         model_dir = _model(kind, work)
-        params = _params(model_dir)
         (work / kind).mkdir(parents=True, exist_ok=True)
         spec = {"work": str(work / kind), "model_dir": str(model_dir), "warmup": size["warmup"],
                 "max_steps": size["warmup"] + size["steps"], "samples": 600, "batch": size["batch"],
                 "max_length": size["max_length"], "compile": kind in size["compile_models"]}
-        res = run_child(["benchmarks.cpu_speed", "--child", json.dumps(spec)], timeout=3600)
-        raw[kind] = res
-        w = res["warmup"]
+        raw[kind] = run_child(["benchmarks.cpu_speed", "--child", json.dumps(spec)], timeout=3600)
+        raw[kind]["params"] = _params(model_dir)
+    return summarize(raw, mode)
+
+
+def _last(xs: list[float]) -> float:
+    return sum(xs[-5:]) / len(xs[-5:])
+
+
+def summarize(raw: dict, mode: str) -> dict:
+    """Figures and the table from the children's raw step times and losses (kept in results.json,
+    so a later summary can be recomputed from the same measurements)."""
+    from core.hardware import auto_precision
+
+    size = SIZES[mode]
+    rows, figures = [], []
+    for kind, res in raw.items():
+        params, w = res["params"], res["warmup"]
         base = res["results"]["fp32"]
         for name, r in res["results"].items():
             # Per step, fp32's time / this variant's on the same batch (run back to back): the median.
             speed = median(b / x for x, b in zip(r["step_s"][w:], base["step_s"][w:]))
             # Loss: the mean of the last 5 steps' losses (same batches), relative to fp32's.
-            last = lambda xs: sum(xs[-5:]) / len(xs[-5:])  # noqa: E731
-            loss = abs(last(r["loss"]) - last(base["loss"])) / abs(last(base["loss"]))
+            loss = abs(_last(r["loss"]) - _last(base["loss"])) / abs(_last(base["loss"]))
             tps = sum(r["tokens"][w:]) / sum(r["step_s"][w:])
             peak = res["peak_gflops"]["bf16" if "bf16" in name else "fp32"]
-            rows.append({"model": f"{kind} ({params / 1e6:.1f}M)", "variant": name, "tokens/s": rnd(tps, 1),
-                         "vs fp32": rnd(speed), "loss vs fp32 (last 5 steps)": f"{loss:.2%}",
-                         "first step s": rnd(r["step_s"][0], 1),
-                         "MFU 4N (LoRA)": f"{4 * params * tps / (peak * 1e9):.1%}",
-                         "MFU 6N": f"{6 * params * tps / (peak * 1e9):.1%}", "peak": "bf16" if "bf16" in name else "fp32"})
+            row = {"model": f"{kind} ({params / 1e6:.1f}M)", "variant": name, "tokens/s": rnd(tps, 1),
+                   "vs fp32": rnd(speed), "loss vs fp32 (last 5 steps)": f"{loss:.2%}",
+                   "first step s": rnd(r["step_s"][0], 1),
+                   "MFU 4N (LoRA)": f"{4 * params * tps / (peak * 1e9):.1%}",
+                   "MFU 6N": f"{6 * params * tps / (peak * 1e9):.1%}", "peak": "bf16" if "bf16" in name else "fp32"}
             if "compile" in name:
-                eager = res["results"][name.replace("compile ", "") if "bf16" in name else "fp32"]
+                eager = res["results"]["bf16 weights" if "bf16" in name else "fp32"]
                 extra = sum(r["step_s"][:w]) - sum(eager["step_s"][:w])
                 saved = median(e - x for x, e in zip(r["step_s"][w:], eager["step_s"][w:]))
-                rows[-1]["compile s / break-even steps"] = (
-                    f"{extra:.0f} s / {extra / saved:.0f}" if saved > 0 else f"{extra:.0f} s / never")
-        best = max((r for r in rows if r["model"].startswith(kind) and "compile" not in r["variant"]),
-                   key=lambda r: r["vs fp32"])
-        figures.append(figure(f"{kind} model: fastest eager precision vs fp32", best["vs fp32"],
+                row["compile s / break-even steps"] = (f"{extra:.0f} s / {extra / saved:.0f}" if saved > 0
+                                                       else f"{extra:.0f} s / never")
+            rows.append(row)
+        by = {r["variant"]: r for r in rows if r["model"].startswith(kind + " ")}
+        auto = "bf16 weights" if auto_precision("cpu", threads=res["threads"]) == "bf16" else "fp32"
+        figures.append(figure(f"{kind} model: default SFT tokens/s now / before (precision auto = {auto}, eager "
+                              "/ fp32 eager)", by[auto]["vs fp32"], target=">= 2", met=(by[auto]["vs fp32"] >= 2)
+                              if mode != "smoke" else None,
+                              note=f"loss vs fp32 {by[auto]['loss vs fp32 (last 5 steps)']}; median of per-step ratios"))
+        if "compile bf16 weights" in by:
+            c = by["compile bf16 weights"]
+            figures.append(figure(f"{kind} model: a long run with compile on (bf16 weights + torch.compile) / fp32 "
+                                  "eager, steady state", c["vs fp32"], target=">= 2",
+                                  met=c["vs fp32"] >= 2 if mode != "smoke" else None,
+                                  note=f"loss vs fp32 {c['loss vs fp32 (last 5 steps)']}; compile time and "
+                                       f"break-even: {c['compile s / break-even steps']}"))
+        best = max((r for r in by.values() if "compile" not in r["variant"]), key=lambda r: r["vs fp32"])
+        figures.append(figure(f"{kind} model: fastest eager variant vs fp32", best["vs fp32"],
                               note=f"{best['variant']}, loss vs fp32 {best['loss vs fp32 (last 5 steps)']}"))
-    peaks = next(iter(raw.values()))["peak_gflops"]
+    first = next(iter(raw.values()))
+    peaks = first["peak_gflops"]
     figures.append(figure("matmul peak fp32 / bf16 (GFLOP/s, 2048^2)", f"{peaks['fp32']:.0f} / {peaks['bf16']:.0f}",
-                          note=f"{next(iter(raw.values()))['threads']} torch threads"))
+                          note=f"{first['threads']} torch threads"))
     return {"name": "cpu_speed", "title": "CPU training speed: precision, torch.compile, utilisation",
             "setup": {"batch": size["batch"], "max_length": size["max_length"], "warmup_steps": size["warmup"],
-                      "measured_steps": size["steps"]},
-            "figures": figures, "table": rows, "raw": raw}
+                      "measured_steps": size["steps"], "torch threads": first["threads"]},
+            "figures": figures, "table": rows, "raw": raw,
+            "limits": LIMITS}
+
+
+LIMITS = ("bf16 weights alone (fp32 LoRA adapters, the correct default) gain 1.1-1.5x on this kind of CPU, not 2x: "
+          "the LoRA path runs in fp32 beside the bf16 base (its inputs cast to fp32 and back in every linear layer), "
+          "and the small models spend much of a step outside matmuls. What reaches ~2x here: torch.compile on top "
+          "(compile: auto turns it on for runs long enough to win the compile time back), or bf16 adapters too "
+          "(not chosen: without an fp32 master copy AdamW's small updates round away). The demo model (0.9M) is "
+          "Python overhead: nothing pays there.")
 
 
 def main(argv: list[str] | None = None) -> int:
