@@ -14,8 +14,8 @@ far less than a ratio of window means.
 
 Second table, the CPU precision that ``precision: auto`` should mean: the plain script in
 fp32, fp32 weights with bf16 autocast (what the trainer's ``bf16=True`` alone does), bf16
-weights (fp32 LoRA adapters, no autocast: what ``precision: auto`` trains on a CPU with bf16
-matrix units since 2026-12-04) and bf16 weights + autocast, on the demo model and the 29M model,
+weights (fp32 LoRA adapters, no autocast) and bf16 weights + autocast (what ``precision: auto``
+trains on a CPU with bf16 matrix units since 2026-12-04), on the demo model and the 29M model,
 with the loss after the run compared to fp32's. benchmarks/cpu_speed.py measures more sizes and
 torch.compile.
 
@@ -177,10 +177,9 @@ def _resolved_precision() -> tuple[str, str]:
     """(weights, trainer) precision that ModelForge's ``precision: auto`` gives on this CPU."""
     from core.config import RunConfig
     from core.engine import _train_dtype
-    from core.models import pick_dtype, trainer_autocast
+    from core.models import pick_dtype
 
-    # The trainer's flag, not the run's dtype: a CPU bf16 run is bf16 weights without autocast.
-    return pick_dtype("auto"), trainer_autocast(_train_dtype(RunConfig(), "cpu"), "cpu")
+    return pick_dtype("auto"), _train_dtype(RunConfig(), "cpu")
 
 
 def child_engine(spec: dict) -> dict:

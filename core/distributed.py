@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import RunConfig
 from core.errors import ModelForgeError, Problem
-from core.models import train_dtype, trainer_autocast
+from core.models import train_dtype
 from core.registry import PROVIDERS, STRATEGIES
 from core.run import RunResult
 
@@ -380,8 +380,7 @@ def run_distributed(config: RunConfig, store: "RecordStore", events: "EventLog",
         if is_demo(config.model):
             demo_path()  # built once here: every rank building it at once would race on the cache folder
         (dist_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-        config_file = None if _single(config) else write_accelerate_config(config, run_dir, gpus,
-                                                                             trainer_autocast(dtype, device))
+        config_file = None if _single(config) else write_accelerate_config(config, run_dir, gpus, dtype)
         stop_file = dist_dir / STOP_FILE
         stop_file.unlink(missing_ok=True)  # a resumed run must not stop at once
         for old in dist_dir.glob("result*.json"):

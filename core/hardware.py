@@ -495,16 +495,17 @@ def _summary_sentence(report: HardwareReport) -> str:
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 # Measured in benchmarks/cpu_speed.py (docs/benchmarks.md, "CPU training speed"): LoRA r16 on all
 # linear layers, batch 4 x <=256 alpaca tokens, AdamW, variants interleaved step by step, 2 threads.
-# - AMD EPYC with AVX-512 bf16 (no AMX), 2026-12-04, heavily loaded machine: bf16 weights with fp32
-#   adapters 1.13x fp32's steps (median; 1.39x by total time) on a 29M Llama, see the doc for ~100M;
-#   the 0.9M demo ~1.0x (Python overhead, not matmuls). Same loss as fp32 (within 1%).
-# - Intel Xeon with AMX (the issue's measurement, 2026-12-01): 1.47x on the 29M model.
+# - AMD EPYC with AVX-512 bf16 (no AMX), 2026-12-04, a heavily loaded machine (medians of per-step
+#   ratios): bf16 weights under autocast, fp32 adapters, 1.21x fp32 on a 29M Llama and 2.04x on a
+#   ~100M one; the 0.9M demo 1.04x (Python overhead, not matmuls). Loss within 0.01% of fp32's.
+#   Without autocast (bf16 base, fp32 LoRA path) it was slower: 1.13x and 1.47x.
+# - Intel Xeon with AMX (the issue's measurement, 2026-12-01): bf16 weights 1.47x on the 29M model.
 # - With one torch thread bf16 autocast lost (0.6x), so bf16 needs 2+ threads.
-# Not chosen: bf16 adapters too ("all bf16", 2.1x on the 29M model above): AdamW's updates
+# Not chosen: bf16 adapters too ("all bf16", 2.1x on both models above): AdamW's updates
 # (~lr = 2e-4) are about half a bf16 ulp of typical LoRA A weights (~0.04), so late updates of a
 # decaying schedule round away; without an fp32 master copy that is not the same training.
 CPU_BF16_MIN_THREADS = 2
-CPU_BF16_SPEEDUP = "1.1-1.5x"  # the measured figures above, as the advice states them
+CPU_BF16_SPEEDUP = "1.2-2x"  # the measured figures above (29M-100M), as the advice states them
 
 
 def cpu_bf16_units(cpuinfo: str | None = None) -> bool:
@@ -552,9 +553,9 @@ def auto_precision(device: str, gpu_bf16: bool = False, *, cpu_bf16: bool | None
     - other "cuda" -> "fp16" (bf16 there is only emulated, and slow).
     - "mps" -> "fp16", as the engine has always trained on Apple GPUs.
     - "cpu" with bf16 matrix units (AMX / AVX-512 bf16, :func:`cpu_bf16_units`) and 2 or more
-      torch threads -> "bf16": the base weights load in bf16, LoRA adapters and their AdamW state
-      stay fp32, no autocast (see :func:`core.models.trainer_autocast`). Measured faster than fp32
-      for the same loss (see CPU_BF16_MIN_THREADS above for the figures).
+      torch threads -> "bf16": the base weights load in bf16 and the trainer autocasts to bf16,
+      while the LoRA adapters and their AdamW state stay fp32. Measured faster than fp32 for the
+      same loss (see CPU_BF16_MIN_THREADS above for the figures).
     - other "cpu" -> "fp32", and a quantised base on a CPU too (bitsandbytes' CPU kernels
       compute in fp32).
 
@@ -586,8 +587,8 @@ def cpu_precision_reason(cpu_bf16: bool | None = None, threads: int | None = Non
         return "fp32", (f"bf16 pays only with {CPU_BF16_MIN_THREADS}+ torch threads, and this run has {n} "
                         "(measured: bf16 lost on one thread)")
     return "bf16", (f"this CPU has bf16 matrix units (AMX / AVX-512 bf16): bf16 weights with fp32 LoRA "
-                    f"adapters trained {CPU_BF16_SPEEDUP} faster than fp32 for the same loss at {n} threads "
-                    "(measured: docs/benchmarks.md, CPU training speed)")
+                    f"adapters trained {CPU_BF16_SPEEDUP} faster than fp32 (29M-100M models) for the same loss at "
+                    f"{n} threads (measured: docs/benchmarks.md, CPU training speed)")
 
 
 def best_dtype(report: HardwareReport, quantization: str = "none") -> str:

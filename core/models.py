@@ -96,17 +96,6 @@ def pick_dtype(precision: str, quantization: str = "none") -> str:
     return auto_precision("cpu", quantization=quantization)
 
 
-def trainer_autocast(dtype: str, device: str) -> str:
-    """The trainer's mixed-precision flag ('bf16', 'fp16' or 'fp32') for a run in ``dtype``.
-
-    On a GPU, 'bf16'/'fp16' also turn on autocast (trl's and transformers' usual setup). On a CPU
-    a bf16 run already holds its base weights in bf16 and its LoRA adapters in fp32 (peft keeps
-    them fp32); autocast on top cast every activation back and forth and measured slower
-    (benchmarks/cpu_speed.py: 'bf16 weights' vs 'bf16 weights + autocast'), so it stays off.
-    """
-    return "fp32" if device == "cpu" else dtype
-
-
 def quantization_config(kind: str, compute_dtype: str = "bf16", skip_modules: list[str] | None = None):
     """The shared quantisation factory: 'none' -> None, '4bit' (NF4, QLoRA), '8bit'.
 
