@@ -16,18 +16,20 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-# Measured on the project's CPU (2 threads, AMX; benchmarks/cpu_speed.py, 29M Llama, batch 4 x 256,
-# LoRA r16 all-linear): torch.compile cost ~50-60 s before the first step plus ~40 s more when
-# length grouping brings a new batch length (the recompile with dynamic shapes); steady steps then
-# took ~0.67x of eager bf16's time. Compile time grows with the number of layers traced (each
-# decoder layer is traced separately), so it is counted per layer above a fixed part.
+# Measured in benchmarks/cpu_speed.py (docs/benchmarks.md, "CPU training speed"), 29M Llama, LoRA r16
+# all-linear, batch 4 x <=256 tokens, 2 threads: torch.compile cost 124 s (fp32) and 144 s (bf16)
+# more than eager over the first steps on a heavily loaded machine (the first step plus one
+# recompile when length grouping brings a second batch length and the shapes turn dynamic; ~50 s
+# for the first step on a quiet AMX machine, the issue's figure), and was won back after 76-95
+# steps; compiled bf16 steps then took ~0.6x of eager bf16's (1.9x fp32 eager). Compile time grows
+# with the layers traced, so it is counted per layer above a fixed part (29M, 4 layers: ~100 s).
 COMPILE_FIXED_S = 40.0
 COMPILE_PER_LAYER_S = 15.0
 STEP_TIME_SAVED = 0.33  # fraction of an eager step that compiling removes once compiled
 PAYBACK_MARGIN = 2.0  # compile only when the steps win back twice the compile time: estimates are rough
 
 # LoRA training speed on a CPU, in tokens/s x parameters per core (bf16 weights on a CPU with bf16
-# matrix units: 29M Llama ~1,430 tokens/s on 2 cores; see core.memory for the fp32 figure).
+# matrix units: 29M Llama ~1,430 tokens/s on 2 quiet AMX cores; fp32 716 (core.memory)).
 CPU_TOKENS_PARAMS_PER_CORE_BF16 = 1430 * 29e6 / 2
 CPU_TOKENS_PARAMS_PER_CORE_FP32 = 716 * 29e6 / 2
 
