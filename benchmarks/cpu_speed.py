@@ -1,7 +1,7 @@
 """CPU training speed: precision and torch.compile at the thread count the app uses, and utilisation.
 
 What ``precision: auto`` and ``compile: auto`` mean on a CPU is decided from this table
-(:func:`core.hardware.auto_precision`, :func:`core.speed.compile_plan`). One child process per
+(`core.hardware.auto_precision`, `core.speed.compile_plan`). One child process per
 model builds every variant (ModelForge's LoRA: r16, alpha 32, all linear layers; AdamW lr 2e-4) and
 trains them on the same fixed batches (alpaca_en_demo rows through the chat template, grouped by
 length, batch 4, up to 256 tokens, loss on every real token), one step each in turn with the
