@@ -13,9 +13,11 @@ ModelForge step time: a burst of load from another process moves a median of per
 far less than a ratio of window means.
 
 Second table, the CPU precision that ``precision: auto`` should mean: the plain script in
-fp32, fp32 weights with bf16 autocast (what the trainer's ``bf16=True`` alone does), and bf16
-weights + autocast (what loading in bf16 does), on the demo model and the 29M model, with the
-loss after the run compared to fp32's.
+fp32, fp32 weights with bf16 autocast (what the trainer's ``bf16=True`` alone does), bf16
+weights (fp32 LoRA adapters, no autocast) and bf16 weights + autocast (what ``precision: auto``
+trains on a CPU with bf16 matrix units since 2026-12-04), on the demo model and the 29M model,
+with the loss after the run compared to fp32's. benchmarks/cpu_speed.py measures more sizes and
+torch.compile.
 
 Child protocol: ``python -m benchmarks.engine_overhead --child SPEC_JSON`` prints one JSON line.
 """
@@ -204,7 +206,7 @@ def child_engine(spec: dict) -> dict:
 def child_precision(spec: dict) -> dict:
     work = Path(spec["work"])
     variants = {"fp32": ("fp32", False), "fp32 weights + bf16 autocast": ("fp32", True),
-                "bf16 weights + bf16 autocast": ("bf16", True)}
+                "bf16 weights": ("bf16", False), "bf16 weights + bf16 autocast": ("bf16", True)}
     out: dict[str, list] = {k: [] for k in variants}
     for rep in range(spec["reps"]):
         names = list(variants) if rep % 2 == 0 else list(reversed(variants))

@@ -27,7 +27,7 @@ def probe_report():
 def hardware_markdown(report) -> str:
     """The report as two short lists (lists, not tables: on a phone a two-column table broke its
     first column's words letter by letter)."""
-    from core.hardware import best_dtype
+    from core.hardware import precision_advice
 
     cpu = report.cpu
     disk = (report.disk.reason or f"{report.disk.free_gib:.1f} GiB free of {report.disk.total_gib:.1f} GiB "
@@ -48,7 +48,7 @@ def hardware_markdown(report) -> str:
     else:
         lines.append(f"- **GPU:** none ({report.gpu_reason or 'not found'})")
     lines.append(f"- **Apple MPS:** {'available' if report.mps_available else (report.mps_reason or 'no')}")
-    lines.append(f"- **Training:** on **{report.device}**, precision auto → {best_dtype(report)}")
+    lines.append(f"- **Training:** on **{report.device}**, {precision_advice(report)}")
     lines += ["", "**Back-ends**", ""]
     for b in report.backends:
         # An SVG icon, not an emoji: emoji are empty boxes on a machine without an emoji font.

@@ -56,6 +56,7 @@ class EventCallback(TrainerCallback):
         self.last_tokens: tuple[float, float] | None = None  # (time, tokens seen)
         self.last_checkpoint: str | None = None
         self.nan_loss = False
+        self.compile_s = 0.0  # expected torch.compile time before the first step (0: eager)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.total = state.max_steps
@@ -66,6 +67,10 @@ class EventCallback(TrainerCallback):
         self.store.heartbeat(self.run_id, step=state.global_step, total=state.max_steps)
         self.events.emit("log", step=state.global_step, total_steps=self.total,
                          message=f"training for {self.total} steps")
+        if self.compile_s and state.global_step < self.total:
+            # The first step holds the compile: say so, or a minute without a step looks like a hang.
+            self.events.emit("log", step=state.global_step, total_steps=self.total,
+                             message=f"compiling, ~{self.compile_s:.0f} s before the first step (torch.compile)")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step = state.global_step

@@ -26,6 +26,7 @@ from typing import Any
 
 from core import limits
 from core.errors import ConfigError, Problem
+from core.hardware import CPU_BF16_SPEEDUP
 
 TASKS = ("text-generation", "summarization", "extractive-qa")
 DATA_FORMATS = (
@@ -44,6 +45,7 @@ DATA_FORMATS = (
 )
 QUANTIZATION = ("none", "4bit", "8bit")
 PRECISION = ("auto", "bf16", "fp16", "fp32")
+COMPILE = ("auto", "on", "off")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 LOSS_ON = ("completion", "all")
 TRAIN_TURNS = ("all", "last")  # the same as core.data.chat.TRAIN_TURNS
@@ -210,10 +212,21 @@ class RunConfig:
     )
     precision: str = _f(
         "auto",
-        "Numeric precision. 'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on a CPU "
-        "(bf16 measured slower there; `modelforge hardware` shows what auto means here).",
+        "Numeric precision. 'auto': bf16 on GPUs that support it, fp16 on older GPUs; on a CPU, "
+        "bf16 weights (LoRA adapters stay fp32) when the CPU has bf16 matrix instructions "
+        f"(AVX-512 bf16 / AMX) and trains on 2 or more threads (measured {CPU_BF16_SPEEDUP} faster than "
+        "fp32, same loss), else fp32. `modelforge hardware` shows what auto means here and why.",
         "training",
         choices=PRECISION,
+    )
+    compile: str = _f(
+        "auto",
+        "Compile the model with torch.compile: faster steps after a slow first one (~1 min of "
+        "compiling on a CPU). 'auto': on only when the run is long enough to win the compile time "
+        "back (the Train tab says which and why); 'on'/'off' force it. Falls back to eager, saying "
+        "why, where it cannot compile (several processes, Apple MPS, no C compiler).",
+        "training",
+        choices=COMPILE,
     )
     seed: int = _f(42, "Random seed for shuffling, splitting and initialisation.", "training")
     # --- evaluation / checkpoints ----------------------------------------------------------------

@@ -192,6 +192,11 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
                        dtype=train_dtype(config, device), stop_event=stop_event, resume_from=resume_from,
                        adapter_applied=provider.applies_adapter)
     callback = EventCallback(events, store, run_id, stop_event)
+    plan = _compile_plan(ctx)
+    ctx.compile_model = plan.enabled
+    callback.compile_s = plan.compile_s
+    events.emit("log", message=_precision_line(ctx))
+    events.emit("log", message=f"torch.compile {plan.reason}")
     ctx.callbacks.append(callback)
     ctx.callbacks.append(_nan_guard())
     from core.trackers import callbacks as extra_callbacks  # issue 16: early stopping, trackers
@@ -203,6 +208,48 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
 
     set_seed(config.seed)
     return ctx, strategy, callback
+
+
+def _train_tokens(config: RunConfig, rows: list[dict]) -> float:
+    """Tokens the run will train on, roughly: rows (or max_steps x examples per step) x epochs x
+    their length, taken as ~4 characters per token and capped at max_length. Only for the
+    compile decision, whose break-even has a 2x margin."""
+    if not rows:
+        return 0.0
+    sample = rows[:200]
+    per_row = sum(min(config.max_length, len(json.dumps(r, ensure_ascii=False)) / 4) for r in sample) / len(sample)
+    if config.max_steps > 0:
+        examples = config.max_steps * config.batch_size * config.gradient_accumulation_steps
+    else:
+        examples = len(rows) * config.num_epochs
+    return examples * per_row
+
+
+def _precision_line(ctx: TrainContext) -> str:
+    """One line for the events: the precision, the device and torch's thread count, and on a CPU
+    with precision auto why (the sentence `modelforge hardware` shows)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    line = f"training on {ctx.device} in {ctx.dtype}, {threads} torch thread{'s' if threads != 1 else ''}"
+    if ctx.device == "cpu" and ctx.config.precision == "auto":
+        from core.hardware import cpu_precision_reason
+
+        line += f" (precision auto: {cpu_precision_reason(threads=threads, quantization=ctx.config.quantization)[1]})"
+    return line
+
+
+def _compile_plan(ctx: TrainContext):
+    """compile: auto|on|off for this run (core.speed), from the loaded model's size and the data."""
+    import torch
+
+    from core.speed import compile_plan
+
+    model_config = getattr(ctx.model, "config", None)
+    return compile_plan(ctx.config, device=ctx.device, params=sum(p.numel() for p in ctx.model.parameters()),
+                        num_layers=int(getattr(model_config, "num_hidden_layers", 0) or 0),
+                        train_tokens=_train_tokens(ctx.config, ctx.train_rows), threads=torch.get_num_threads(),
+                        dtype=ctx.dtype)
 
 
 def _finish(ctx: TrainContext, store: RecordStore, events: EventLog, callback: Any, metrics: dict,

@@ -61,9 +61,9 @@ class CPUInfo:
         arch: machine architecture (x86_64, arm64...).
         physical_cores: physical cores (falls back to logical when unknown).
         logical_cores: hardware threads.
-        bf16: the CPU has native bfloat16 instructions (AVX512-BF16, AMX or ARM BF16). Shown
-            for information: ``precision: auto`` still trains fp32 on a CPU (see
-            :func:`auto_precision`).
+        bf16: the CPU has native bfloat16 instructions (AVX512-BF16, AMX or ARM BF16).
+        bf16_units: it has the bf16 matrix instructions that make bf16 training faster than fp32
+            (AMX / AVX-512 bf16: :func:`cpu_bf16_units`), which ``precision: auto`` uses.
     """
 
     model: str = "unknown"
@@ -71,6 +71,7 @@ class CPUInfo:
     physical_cores: int = 1
     logical_cores: int = 1
     bf16: bool = False
+    bf16_units: bool = False
 
 
 @dataclass
@@ -254,6 +255,7 @@ def _probe_cpu(report: HardwareReport) -> None:
     physical = psutil.cpu_count(logical=False) or logical  # None on some VMs
     cpu.logical_cores, cpu.physical_cores = int(logical), int(physical)
     cpu.bf16 = _cpu_has_bf16(text, cpu.arch)
+    cpu.bf16_units = cpu_bf16_units(text)
 
 
 def _mac_cpu_name() -> str:
@@ -487,7 +489,58 @@ def _summary_sentence(report: HardwareReport) -> str:
             f"{best_dtype(report)}; practical for the demo and models up to ~0.5B parameters with LoRA.")
 
 
-def auto_precision(device: str, gpu_bf16: bool = False) -> str:
+# CPUs whose bf16 matrix instructions make bf16 training faster than fp32: x86 AMX or AVX-512
+# bf16 (oneDNN uses them for bf16 matmuls). ARM's "bf16" flag is left out: torch's ARM CPU kernels
+# were not faster in bf16 than in fp32 (Apple M2 and newer, Graviton 3), so those stay fp32.
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+# Measured in benchmarks/cpu_speed.py (docs/benchmarks.md, "CPU training speed"): LoRA r16 on all
+# linear layers, batch 4 x <=256 alpaca tokens, AdamW, variants interleaved step by step, 2 threads.
+# - AMD EPYC with AVX-512 bf16 (no AMX), 2026-12-04, a heavily loaded machine (medians of per-step
+#   ratios): bf16 weights under autocast, fp32 adapters, 1.21x fp32 on a 29M Llama and 2.04x on a
+#   ~100M one; the 0.9M demo 1.04x (Python overhead, not matmuls). Loss within 0.01% of fp32's.
+#   Without autocast (bf16 base, fp32 LoRA path) it was slower: 1.13x and 1.47x.
+# - Intel Xeon with AMX (the issue's measurement, 2026-12-01): bf16 weights 1.47x on the 29M model.
+# - With one torch thread bf16 autocast lost (0.6x), so bf16 needs 2+ threads.
+# Not chosen: bf16 adapters too ("all bf16", 2.1x on both models above): AdamW's updates
+# (~lr = 2e-4) are about half a bf16 ulp of typical LoRA A weights (~0.04), so late updates of a
+# decaying schedule round away; without an fp32 master copy that is not the same training.
+CPU_BF16_MIN_THREADS = 2
+CPU_BF16_SPEEDUP = "1.2-2x"  # the measured figures above (29M-100M), as the advice states them
+
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix instructions that torch's CPU kernels use (AMX or AVX-512
+    bf16), read from /proc/cpuinfo (False where there is none: Windows, macOS)."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    flags: set[str] = set()
+    for m in re.finditer(r"^flags\s*:\s*(.*)$", text, re.MULTILINE):
+        flags.update(m.group(1).split())
+    return bool(flags & _CPU_BF16_FLAGS)
+
+
+def train_threads() -> int:
+    """Torch intra-op threads a run in this process uses: torch's own count when torch is already
+    imported (it honours OMP_NUM_THREADS and torch.set_num_threads), else what torch will pick
+    (OMP_NUM_THREADS, or the physical cores)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return int(torch.get_num_threads())
+        except Exception:  # noqa: BLE001 - a half-imported torch
+            pass
+    raw = os.environ.get("OMP_NUM_THREADS", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except Exception:  # noqa: BLE001
+        return os.cpu_count() or 1
+
+
+def auto_precision(device: str, gpu_bf16: bool = False, *, cpu_bf16: bool | None = None,
+                   threads: int | None = None, quantization: str = "none") -> str:
     """What ``precision: auto`` trains in: the one decision, for every caller.
 
     The engine and the providers (through :func:`core.models.pick_dtype`, which
@@ -496,40 +549,66 @@ def auto_precision(device: str, gpu_bf16: bool = False) -> str:
     all resolve "auto" here, so what is reported is what trains.
 
     - "cuda" whose GPU has native bf16 (compute capability 8.0+, Ampere or newer) -> "bf16": the
-      range of fp32, no loss scaling.
+      range of fp32, no loss scaling (measured on an H200: docs/benchmarks.md, "GPU check").
     - other "cuda" -> "fp16" (bf16 there is only emulated, and slow).
     - "mps" -> "fp16", as the engine has always trained on Apple GPUs.
-    - "cpu" -> "fp32", even on a CPU with bf16 instructions. Why: measured in docs/benchmarks.md
-      ("Engine overhead", the precision rows), bf16 autocast trained at ~0.6x the tokens/s of
-      fp32 on this project's CPU (demo and 29M models, bf16 or fp32 weights), for the same loss.
-      A quantised base on a CPU is fp32 too (bitsandbytes' CPU kernels compute in fp32).
+    - "cpu" with bf16 matrix units (AMX / AVX-512 bf16, :func:`cpu_bf16_units`) and 2 or more
+      torch threads -> "bf16": the base weights load in bf16 and the trainer autocasts to bf16,
+      while the LoRA adapters and their AdamW state stay fp32. Measured faster than fp32 for the
+      same loss (see CPU_BF16_MIN_THREADS above for the figures).
+    - other "cpu" -> "fp32", and a quantised base on a CPU too (bitsandbytes' CPU kernels
+      compute in fp32).
 
     Args:
         device: "cuda", "mps" or "cpu".
         gpu_bf16: for "cuda", whether the GPU(s) support bf16 natively.
+        cpu_bf16: for "cpu", whether it has bf16 matrix units (None: read /proc/cpuinfo).
+        threads: for "cpu", torch threads the run uses (None: :func:`train_threads`).
+        quantization: the run's quantization ("none", "4bit", "8bit").
     """
     if device == "cuda":
         return "bf16" if gpu_bf16 else "fp16"
     if device == "mps":
         return "fp16"
-    return "fp32"
+    return cpu_precision_reason(cpu_bf16, threads, quantization)[0]
 
 
-def best_dtype(report: HardwareReport) -> str:
+def cpu_precision_reason(cpu_bf16: bool | None = None, threads: int | None = None,
+                         quantization: str = "none") -> tuple[str, str]:
+    """(precision, why) that ``precision: auto`` means on this CPU: the one sentence the Hardware
+    tab, ``modelforge hardware``, the memory advice and the Configure help agree on."""
+    units = cpu_bf16_units() if cpu_bf16 is None else cpu_bf16
+    n = train_threads() if threads is None else threads
+    if quantization != "none":
+        return "fp32", "a quantised base computes in fp32 on a CPU (bitsandbytes' CPU kernels)"
+    if not units:
+        return "fp32", "this CPU has no bf16 matrix units (AMX / AVX-512 bf16), where bf16 is not faster"
+    if n < CPU_BF16_MIN_THREADS:
+        return "fp32", (f"bf16 pays only with {CPU_BF16_MIN_THREADS}+ torch threads, and this run has {n} "
+                        "(measured: bf16 lost on one thread)")
+    return "bf16", (f"this CPU has bf16 matrix units (AMX / AVX-512 bf16): bf16 weights with fp32 LoRA "
+                    f"adapters trained {CPU_BF16_SPEEDUP} faster than fp32 (29M-100M models) for the same loss at "
+                    f"{n} threads (measured: docs/benchmarks.md, CPU training speed)")
+
+
+def best_dtype(report: HardwareReport, quantization: str = "none") -> str:
     """The training precision that ``precision: auto`` resolves to on this machine
     (:func:`auto_precision` for the report's device and GPUs).
 
     Args:
         report: from :func:`probe`.
+        quantization: the run's quantization (a quantised base trains fp32 on a CPU).
     """
-    return auto_precision(report.device, bool(report.gpus) and all(g.bf16 for g in report.gpus))
+    return auto_precision(report.device, bool(report.gpus) and all(g.bf16 for g in report.gpus),
+                          cpu_bf16=report.cpu.bf16_units, quantization=quantization)
 
 
-def _precision_note(report: HardwareReport) -> str:
-    """Why 'auto' is not bf16 on a CPU that has bf16 instructions (see :func:`auto_precision`)."""
-    if report.device == "cpu" and report.cpu.bf16:
-        return " (this CPU has bf16, but bf16 trained ~0.6x as fast as fp32 on a CPU: measured)"
-    return ""
+def precision_advice(report: HardwareReport) -> str:
+    """One line: what ``precision: auto`` trains in here and why (CLI, Hardware tab, memory advice)."""
+    if report.device == "cpu":
+        dtype, why = cpu_precision_reason(report.cpu.bf16_units)
+        return f"precision 'auto' -> {dtype}: {why}"
+    return f"precision 'auto' -> {best_dtype(report)}"
 
 
 def summary_lines(report: HardwareReport) -> list[str]:
@@ -563,7 +642,7 @@ def summary_lines(report: HardwareReport) -> list[str]:
         lines.append(f"GPU:      none ({report.gpu_reason or 'not found'})")
     if sys.platform == "darwin" or report.mps_available:
         lines.append(f"MPS:      {'available' if report.mps_available else report.mps_reason}")
-    lines.append(f"Device:   {report.device}, precision 'auto' -> {best_dtype(report)}{_precision_note(report)}")
+    lines.append(f"Device:   {report.device}, {precision_advice(report)}")
     lines.append("Back-ends:")
     width = max((len(b.name) for b in report.backends), default=0)
     for b in report.backends:

@@ -614,13 +614,12 @@ def estimate_for_run(config: "RunConfig", model_config: dict,
 def train_dtype(report: "HardwareReport", quantization: str = "none") -> str:
     """What ``precision: auto`` trains in on this machine: :func:`core.hardware.best_dtype`, the
     same decision (:func:`core.hardware.auto_precision`) the engine trains with. On a CPU that is
-    fp32, bf16 instructions or not, and with a quantised base too; estimating a CPU run in bf16
-    when it trains in fp32 would halve its weights and activations, and promise memory that is
-    not there. ``quantization`` is accepted for callers; it changes nothing today.
+    bf16 (base weights) with bf16 matrix units and 2+ threads, else fp32; a quantised base on a
+    CPU is fp32. Estimating in another dtype than the run trains in would misstate its memory.
     """
     from core.hardware import best_dtype
 
-    return best_dtype(report)
+    return best_dtype(report, quantization)
 
 
 # -- does it fit? ------------------------------------------------------------------------------------
@@ -888,8 +887,7 @@ class Recommendation:
 
 
 # Tokens per second of LoRA training on a CPU scale roughly with cores / parameters. Measured:
-# a 29M-parameter Llama did ~716 tokens/s in fp32 (what precision auto trains on a CPU) on 2
-# cores (docs/benchmarks.md, "Engine overhead", the precision rows). A rough guess for bigger
+# a 29M-parameter Llama did ~716 tokens/s in fp32 on 2 cores (bf16: core.speed) (docs/benchmarks.md, "Engine overhead", the precision rows). A rough guess for bigger
 # models, stated as such to the user.
 _CPU_TOKENS_PARAMS_PER_CORE = 716 * 29e6 / 2
 _EFFECTIVE_BATCH = 8  # gradient accumulation brings small batches up to this many examples
@@ -1045,9 +1043,10 @@ def _note(entry: dict, rec: Recommendation, device: str, dtype: str, report: "Ha
                      "shows the workflow, not real quality.")
     if device == "cpu":
         cores = max(1, report.cpu.physical_cores)
-        tps = _CPU_TOKENS_PARAMS_PER_CORE * cores / max(rec.params, 1)
-        if dtype == "fp32":
-            tps /= 1.6  # measured: bf16 was 1.6x faster than fp32 on this kind of CPU
+        from core.speed import CPU_TOKENS_PARAMS_PER_CORE_BF16
+
+        per_core = CPU_TOKENS_PARAMS_PER_CORE_BF16 if dtype == "bf16" else _CPU_TOKENS_PARAMS_PER_CORE
+        tps = per_core * cores / max(rec.params, 1)
         minutes = 100_000 / tps / 60
         speed = (f"roughly {tps:,.0f} tokens/s on {cores} cores (a rough guess), "
                  f"so ~{_duration(minutes)} per 100,000 training tokens")
@@ -1056,8 +1055,11 @@ def _note(entry: dict, rec: Recommendation, device: str, dtype: str, report: "Ha
                     else "Very slow on a CPU, better on a GPU")
             parts.append(f"{lead}: {speed}.")
         parts.append(f"LoRA in {dtype} on the CPU, {size} of RAM.")
-        if dtype == "fp32" and report.cpu.bf16:
-            parts.append("This CPU has bf16: precision bf16 trains ~1.6x faster in less memory.")
+        if dtype == "fp32" and report.cpu.bf16_units:
+            # The same sentence as `modelforge hardware` and the Hardware tab (one source).
+            from core.hardware import cpu_precision_reason
+
+            parts.append(f"Precision auto is fp32 here: {cpu_precision_reason(True)[1]}.")
     elif device == "mps":
         parts.append(f"LoRA in {dtype} on the Apple GPU (MPS), {size}; slower than an NVIDIA GPU.")
     elif rec.method == "qlora":

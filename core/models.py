@@ -75,7 +75,7 @@ def _cached_on_disk(repo_id: str) -> bool:
         return False
 
 
-def pick_dtype(precision: str) -> str:
+def pick_dtype(precision: str, quantization: str = "none") -> str:
     """'bf16' | 'fp16' | 'fp32' for the given config precision on this machine.
 
     "auto" is decided by :func:`core.hardware.auto_precision` (the one rule the hardware report
@@ -93,7 +93,7 @@ def pick_dtype(precision: str) -> str:
         return auto_precision("cuda", torch.cuda.is_bf16_supported(including_emulation=False))
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return auto_precision("mps")
-    return auto_precision("cpu")
+    return auto_precision("cpu", quantization=quantization)
 
 
 def quantization_config(kind: str, compute_dtype: str = "bf16", skip_modules: list[str] | None = None):
@@ -200,7 +200,7 @@ def train_dtype(config, device: str) -> str:
     if device == "cpu":
         from core.hardware import auto_precision
 
-        return auto_precision("cpu")
+        return auto_precision("cpu", quantization=getattr(config, "quantization", "none"))
     return pick_dtype("auto")  # asks torch whether the GPU has native bf16
 
 

@@ -47,6 +47,7 @@ class TrainContext:
     trainer: Any = None
     extra: dict = field(default_factory=dict)
     adapter_applied: bool = False
+    compile_model: bool = False  # train under torch.compile (core.speed.compile_plan decided it)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -255,28 +255,70 @@ def test_default_data_dir_is_modelforge_home(monkeypatch, tmp_path):
 
 # -- interpretation ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("report, expected", [
-    # A CPU trains fp32 even with bf16 instructions: bf16 autocast measured ~0.6x as fast
-    # (docs/benchmarks.md, "Engine overhead").
-    (HardwareReport(device="cpu", cpu=CPUInfo(bf16=True)), "fp32"),
+    # A CPU with bf16 matrix units (AMX / AVX-512 bf16) trains bf16 weights at 2+ threads
+    # (measured faster for the same loss: docs/benchmarks.md, "CPU training speed"); the ARM
+    # "bf16" flag alone (bf16=True, no units) stays fp32.
+    (HardwareReport(device="cpu", cpu=CPUInfo(bf16=True, bf16_units=True)), "bf16"),
+    (HardwareReport(device="cpu", cpu=CPUInfo(bf16=True, bf16_units=False)), "fp32"),
     (HardwareReport(device="cpu", cpu=CPUInfo(bf16=False)), "fp32"),
     (HardwareReport(device="cuda", gpus=[GPUInfo(compute_capability=(8, 0), bf16=True)]), "bf16"),
     (HardwareReport(device="cuda", gpus=[GPUInfo(compute_capability=(7, 0), bf16=False)]), "fp16"),
     (HardwareReport(device="mps", mps_available=True), "fp16"),
 ])
-def test_best_dtype(report, expected):
+def test_best_dtype(report, expected, monkeypatch):
+    monkeypatch.setattr(hardware, "train_threads", lambda: 2)
     assert best_dtype(report) == expected
 
 
-def test_the_report_says_what_auto_trains_on_a_bf16_cpu():
-    report = HardwareReport(device="cpu", cpu=CPUInfo(bf16=True, physical_cores=2))
+@pytest.mark.parametrize("units, threads, quant, expected, why", [
+    (True, 2, "none", "bf16", "bf16 matrix units"),
+    (True, 16, "none", "bf16", "bf16 matrix units"),
+    (True, 1, "none", "fp32", "2+ torch threads, and this run has 1"),
+    (False, 2, "none", "fp32", "no bf16 matrix units"),
+    (True, 2, "4bit", "fp32", "quantised base"),
+])
+def test_cpu_precision_decision(units, threads, quant, expected, why):
+    dtype, reason = hardware.cpu_precision_reason(units, threads, quant)
+    assert dtype == expected and why in reason
+    assert hardware.auto_precision("cpu", cpu_bf16=units, threads=threads, quantization=quant) == expected
+
+
+def test_cpu_bf16_units_come_from_the_matrix_flags():
+    assert hardware.cpu_bf16_units("flags\t: fpu avx512f avx512_bf16\n")
+    assert hardware.cpu_bf16_units("flags\t: fpu amx_bf16 amx_tile\n")
+    assert not hardware.cpu_bf16_units("flags\t: fpu sse avx2\n")
+    assert not hardware.cpu_bf16_units("Features\t: fp asimd bf16 i8mm\n")  # ARM: not faster in torch
+
+
+def test_the_report_says_what_auto_trains_on_a_bf16_cpu(monkeypatch):
+    monkeypatch.setattr(hardware, "train_threads", lambda: 2)
+    report = HardwareReport(device="cpu", cpu=CPUInfo(bf16=True, bf16_units=True, physical_cores=2))
     report.summary = hardware._summary_sentence(report)
     device_line = next(line for line in summary_lines(report) if line.startswith("Device:"))
-    assert "precision 'auto' -> fp32" in device_line and "bf16" in device_line  # and why not bf16
-    assert "in fp32" in report.summary
+    assert "precision 'auto' -> bf16" in device_line and "faster than fp32" in device_line  # and why
+    assert "in bf16" in report.summary
+    monkeypatch.setattr(hardware, "train_threads", lambda: 1)
+    device_line = next(line for line in summary_lines(report) if line.startswith("Device:"))
+    assert "precision 'auto' -> fp32" in device_line and "this run has 1" in device_line
+
+
+def test_the_hardware_tab_and_the_memory_advice_say_what_the_cli_says(monkeypatch):
+    """One source for the precision advice: the Hardware tab's table, the CLI and the memory note."""
+    from components.hardware_tab import hardware_markdown
+    from core import memory
+
+    monkeypatch.setattr(hardware, "train_threads", lambda: 1)
+    report = HardwareReport(device="cpu", cpu=CPUInfo(bf16=True, bf16_units=True, physical_cores=1))
+    advice = hardware.precision_advice(report)
+    assert advice in hardware_markdown(report)
+    assert advice in "\n".join(summary_lines(report))
+    recs = memory.recommend(report)
+    assert recs and all("1.6x" not in r.note for r in recs)
+    assert any(hardware.cpu_precision_reason(True)[1] in r.note for r in recs)
 
 
 @pytest.mark.parametrize("cuda, native_bf16, gpu, expected", [
-    (False, False, None, "fp32"),
+    (False, False, None, "cpu-rule"),
     (True, True, GPUInfo(compute_capability=(8, 0), bf16=True), "bf16"),
     # A T4 (7.5): torch's is_bf16_supported() counts emulated bf16 unless told not to.
     (True, False, GPUInfo(compute_capability=(7, 5), bf16=False), "fp16"),
@@ -296,9 +338,13 @@ def test_auto_means_the_same_to_the_engine_the_report_and_the_estimate(monkeypat
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: cuda and (native_bf16 or including_emulation))
     device = "cuda" if cuda else "cpu"
-    report = HardwareReport(device=device, cpu=CPUInfo(bf16=True), gpus=[gpu] if gpu else [])
+    units = hardware.cpu_bf16_units()  # this machine's answer, which the engine reads too
+    report = HardwareReport(device=device, cpu=CPUInfo(bf16=True, bf16_units=units), gpus=[gpu] if gpu else [])
+    if expected == "cpu-rule":  # the CPU rule on this machine, at its thread count
+        expected = "bf16" if units and torch.get_num_threads() >= 2 else "fp32"
     assert pick_dtype("auto") == _train_dtype(RunConfig(), device) == expected
-    assert best_dtype(report) == train_dtype(report) == train_dtype(report, "4bit") == expected
+    assert best_dtype(report) == train_dtype(report) == expected
+    assert train_dtype(report, "4bit") == ("fp32" if device == "cpu" else expected)  # bitsandbytes on a CPU
     assert f"precision 'auto' -> {expected}" in "\n".join(summary_lines(report))
     assert report.to_dict()["auto_precision"] == expected  # `modelforge hardware --json`
 

@@ -221,13 +221,22 @@ def test_cpu_estimate_is_the_process_resident_memory():
     assert err.value.problems[0].field == "device"
 
 
-def test_estimate_for_run_resolves_auto_as_the_engine_trains():
-    # On a CPU the engine trains precision auto in fp32 (core.providers.huggingface.pick_dtype),
-    # bf16 CPU or not; estimating bf16 would halve the weights and activations.
+def test_estimate_for_run_resolves_auto_as_the_engine_trains(monkeypatch):
+    # On a CPU the engine trains precision auto in bf16 weights only with bf16 matrix units and
+    # 2+ threads (core.hardware.auto_precision), else fp32; estimating the other dtype would
+    # halve or double the weights and activations.
+    from core import hardware
+
+    monkeypatch.setattr(hardware, "train_threads", lambda: 2)
     cfg = RunConfig(batch_size=2, max_length=256, precision="auto")
-    est = estimate_for_run(cfg, SMOLLM_135M, cpu_report())
+    est = estimate_for_run(cfg, SMOLLM_135M, cpu_report())  # bf16 flag, no AMX / AVX-512 bf16
     assert est.settings["dtype"] == "fp32" and est.settings["device"] == "cpu"
     assert est.weights == est.params * 4
+    amx = cpu_report()
+    amx.cpu.bf16_units = True
+    est = estimate_for_run(cfg, SMOLLM_135M, amx)
+    assert est.settings["dtype"] == "bf16" and est.weights == est.params * 2
+    assert estimate_for_run(cfg.replace(quantization="4bit"), SMOLLM_135M, amx).settings["dtype"] == "fp32"
     assert estimate_for_run(cfg.replace(precision="bf16"), SMOLLM_135M, cpu_report()).settings["dtype"] == "bf16"
     assert estimate_for_run(cfg, SMOLLM_135M, gpu_report(8)).settings["dtype"] == "bf16"
     assert estimate_for_run(cfg, SMOLLM_135M).settings["device"] == "cuda"  # no report: a GPU, bf16

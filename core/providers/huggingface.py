@@ -47,7 +47,7 @@ class HuggingFaceProvider:
 
         path = resolve_model_path(config.model, trust_remote_code=config.trust_remote_code, task=config.task)
         kind = model_kind(path, config.task, trust_remote_code=config.trust_remote_code)
-        dtype_name = pick_dtype(config.precision)
+        dtype_name = pick_dtype(config.precision, config.quantization)
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
         quant = quantization_config(config.quantization, dtype_name, skip_modules=_HEADS.get(kind))
         kwargs: dict[str, Any] = {

@@ -74,8 +74,12 @@ def training_kwargs(ctx: "TrainContext", *, lora: bool = True) -> dict[str, Any]
         disable_tqdm=True,          # the CLI and the app draw their own progress from events
         dataloader_num_workers=0,   # workers would fork a process holding the model
         use_cpu=ctx.device == "cpu",
+        # bf16 on a CPU too: bf16 base weights under autocast, fp32 LoRA adapters (peft's default)
+        # and AdamW state, measured faster than without autocast (benchmarks/cpu_speed.py).
         bf16=ctx.dtype == "bf16",
         fp16=ctx.dtype == "fp16",
+        # The trainer compiles the model (accelerate's dynamo plugin) and unwraps it to save.
+        torch_compile=getattr(ctx, "compile_model", False),
         remove_unused_columns=True,
         # A NaN/inf step loss must reach the logs: the EventCallback fails the run on it, and the
         # default filter would log the running mean instead (the engine's NaN guard also turns

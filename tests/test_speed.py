@@ -1,0 +1,125 @@
+"""Training speed settings: ``compile: auto|on|off`` (core/speed.py) and bf16 on a CPU, for real.
+
+The decision functions are arithmetic, tested on their inputs; the runs are real (the demo model,
+real SQLite, real trainer): bf16 weights train to fp32's loss, and a compiled run trains, says it
+compiles and reloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core import speed
+from core.config import RunConfig, config_problems
+from core.engine import prepare_run, run_training
+from core.events import EventLog, read_events
+
+
+def _config(dataset: Path, **kw) -> RunConfig:
+    base = dict(model="demo", dataset=str(dataset), max_steps=4, batch_size=2, max_length=128,
+                logging_steps=1, save_steps=100, validation_split=0.0, learning_rate=1e-3,
+                compare_after_training=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+# -- the compile decision ------------------------------------------------------------------------------------
+def _plan(config: RunConfig, **kw):
+    args = dict(device="cpu", params=29_000_000, num_layers=4, train_tokens=1e6, threads=2, dtype="bf16")
+    args.update(kw)
+    return speed.compile_plan(config, **args)
+
+
+def test_compile_off_and_on_are_obeyed():
+    assert not _plan(RunConfig(compile="off")).enabled
+    plan = _plan(RunConfig(compile="on"), train_tokens=10)
+    assert plan.enabled and plan.compile_s == speed.expected_compile_s(4)
+
+
+def test_compile_auto_pays_only_on_long_runs():
+    cost = speed.expected_compile_s(4)
+    # Tokens whose eager time saves exactly PAYBACK_MARGIN x the compile time: the break-even.
+    per_s = speed.CPU_TOKENS_PARAMS_PER_CORE_BF16 * 2 / 29e6
+    even = speed.PAYBACK_MARGIN * cost / speed.STEP_TIME_SAVED * per_s
+    short, long_ = _plan(RunConfig(), train_tokens=even * 0.9), _plan(RunConfig(), train_tokens=even * 1.1)
+    assert not short.enabled and "too short/small to win back" in short.reason and f"~{cost:.0f} s" in short.reason
+    assert long_.enabled and long_.compile_s == cost
+    # The demo model (0.9M) on a typical demo run: nowhere near paying.
+    demo = _plan(RunConfig(), params=900_000, num_layers=2, train_tokens=3 * 999 * 100)
+    assert not demo.enabled and demo.reason.startswith("off (auto: run too short/small")
+
+
+@pytest.mark.parametrize("change, device, why", [
+    (dict(num_processes=2), "cpu", "several processes"),
+    (dict(quantization="4bit"), "cpu", "quantised"),
+    ({}, "mps", "Apple MPS"),
+])
+def test_compile_falls_back_saying_why(change, device, why):
+    plan = _plan(RunConfig(compile="on", **change), device=device)
+    assert not plan.enabled and plan.reason.startswith("off: cannot compile here") and why in plan.reason
+
+
+def test_compile_falls_back_without_a_compiler(monkeypatch):
+    monkeypatch.setattr(speed.shutil, "which", lambda name: None)
+    plan = _plan(RunConfig(compile="on"))
+    assert not plan.enabled and "no C++ compiler" in plan.reason
+
+
+def test_compile_is_a_checked_choice():
+    problems = config_problems(RunConfig(compile="yes"))
+    assert any(p.field == "compile" for p in problems)
+
+
+# -- real runs -----------------------------------------------------------------------------------------------
+def _final_loss(store, run_id: str) -> float:
+    losses = sorted((p.step, p.value) for p in store.metrics(run_id) if p.name == "loss")
+    return losses[-1][1]
+
+
+@pytest.mark.slow
+def test_bf16_weights_on_a_cpu_train_to_the_fp32_loss(store, small_alpaca, demo_model):
+    """precision bf16 on a CPU (bf16 base under autocast, fp32 adapters: what auto trains with bf16
+    matrix units) ends within 1% of fp32's loss on the same steps and data, and its adapter is fp32."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config, run_id, run_dir = prepare_run(_config(small_alpaca, precision=precision, max_steps=8,
+                                                      name=f"prec-{precision}"), store)
+        result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+        assert result.status == "completed", result.error
+        losses[precision] = _final_loss(store, run_id)
+        if precision == "bf16":
+            from safetensors.torch import load_file
+
+            weights = load_file(str(run_dir / "model" / "adapter_model.safetensors"))
+            assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}
+    assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.01, losses
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_says_so_and_reloads(store, small_alpaca, demo_model):
+    config, run_id, run_dir = prepare_run(_config(small_alpaca, compile="on", group_by_length=True,
+                                                  name="compiled"), store)
+    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+    assert result.status == "completed", result.error
+    messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
+    assert any(m.startswith("torch.compile on (compile: on)") for m in messages), messages
+    assert any(m.startswith("compiling, ~") for m in messages), messages
+    assert len([p for p in store.metrics(run_id) if p.name == "loss"]) >= 4
+
+    from core.inference import load_model
+    from tests.helpers import assert_answers
+
+    lm = load_model(result_path := str(run_dir / "model"))
+    assert type(lm.model).__name__ == "PeftModelForCausalLM", result_path
+    assert_answers(lm, "Give three tips for staying healthy.", 4)
+
+
+def test_auto_compile_stays_off_for_the_demo_and_says_why(store, small_alpaca, demo_model):
+    config, run_id, run_dir = prepare_run(_config(small_alpaca, max_steps=1, name="auto-compile"), store)
+    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+    assert result.status == "completed", result.error
+    messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
+    assert any(m.startswith("torch.compile off (auto: run too short/small to win back ~") for m in messages), messages
+    assert not any(m.startswith("compiling, ~") for m in messages)
