@@ -33,6 +33,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import first_screen
 from components import configure_tab, dataset_tab, hardware_tab, models_tab, playground_tab, train_tab
 from components.common import AppContext, default_config, guard, is_restricted_env
 from core.errors import ModelForgeError
@@ -106,11 +107,11 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs(elem_id="mf-tabs") as tabs:
             with gr.Tab("① Dataset", id="dataset", elem_id="tab-dataset"):
                 ds = dataset_tab.build(ctx, initial)
-            with gr.Tab("② Hardware", id="hardware", elem_id="tab-hardware"):
+            with gr.Tab("② Hardware", id="hardware", elem_id="tab-hardware") as hw_tab_el:
                 hw = hardware_tab.build(ctx)
             with gr.Tab("③ Configure", id="configure", elem_id="tab-configure") as cfg_tab:
                 cfg = configure_tab.build(ctx, initial)
-            with gr.Tab("④ Train", id="train", elem_id="tab-train"):
+            with gr.Tab("④ Train", id="train", elem_id="tab-train") as train_tab_el:
                 tr = train_tab.build(ctx)
             with gr.Tab("⑤ Models", id="models", elem_id="tab-models") as models_tab_el:
                 mo = models_tab.build(ctx)
@@ -161,10 +162,15 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         pg.refresh.click(guard(_players), pg.model, pg.model, **quick)
         cfg_tab.select(configure_tab.refresh_command, cfg.inputs, cfg.command, **quick)
 
-        blocks.load(tr.attach, tr.state, tr.outputs, **quick)
-        blocks.load(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)
-        blocks.load(guard(_models), mo.choice, mo.outputs, **quick)
-        blocks.load(guard(_players), pg.model, pg.model, **quick)
+        # The first page draws with the Dataset tab's component types only; the other tabs'
+        # widgets are shown right after it is up, then the other load events run (first_screen.py).
+        later = [hw_tab_el, cfg_tab, train_tab_el, models_tab_el, play_tab_el]
+        empty_until_validated = ds.outputs[2:]  # preview, histogram, report: nothing to show yet
+        loaded = first_screen.reveal_on_load(blocks, first_screen.defer(blocks, later, also=empty_until_validated))
+        loaded.then(tr.attach, tr.state, tr.outputs, **quick)
+        loaded.then(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)
+        loaded.then(guard(_models), mo.choice, mo.outputs, **quick)
+        loaded.then(guard(_players), pg.model, pg.model, **quick)
 
         dataset_tab.register_api(ctx, default_config)
         hardware_tab.register_api(ctx)
