@@ -18,6 +18,8 @@ panel for another task, say) always runs after it, never before.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable
 
 import gradio as gr
@@ -32,6 +34,12 @@ def _walk(block: Block) -> Iterable[Block]:
 
 def _shown(block: Block) -> bool:
     return getattr(block, "visible", True) is True
+
+
+@functools.cache
+def _can_hide(cls: type) -> bool:
+    """Whether the front end honours ``visible`` for this class (not gr.State, gr.Timer...)."""
+    return "visible" in inspect.signature(cls.__init__).parameters
 
 
 def block_type(block: Block) -> str:
@@ -61,12 +69,12 @@ def defer(root: BlockContext, later: list[BlockContext], also: Iterable[Block] =
     Returns:
         The blocks now hidden, to pass to :func:`reveal_on_load`.
     """
-    extra = [b for b in also if _shown(b)]
+    extra = [b for b in also if _shown(b) and _can_hide(type(b))]
     for b in extra:
         b.visible = False
     needed = first_screen_types(root, later)
     deferred = [b for tab in later for b in _walk(tab)
-                if b is not tab and _shown(b) and block_type(b) not in needed]
+                if b is not tab and _shown(b) and _can_hide(type(b)) and block_type(b) not in needed]
     for b in deferred:
         b.visible = False
     return extra + deferred
