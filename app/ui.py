@@ -17,8 +17,10 @@ login covers the page, the uploads and every named API endpoint (``/api/health``
 ``/api/info`` stay open: they carry no user data). Uploads are capped at
 ``MODELFORGE_MAX_UPLOAD_MB`` (default 200; Gradio refuses bigger files with HTTP 413).
 
-Heavy libraries are not imported here: the first page is up in a few seconds and torch loads
-with the first action that needs it.
+Start-up (issue 18): heavy libraries are not imported here (torch loads with the first action
+that needs it); the record store (SQLAlchemy) opens in a background thread once the server
+listens; and the first page is sent only the component types of its first tab
+(``app/first_screen.py``): the other tabs' widgets are shown by the first page-load event.
 """
 
 from __future__ import annotations
@@ -312,6 +314,10 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
     if not _port_free(host, port):
         raise ModelForgeError(f"port {port} is already in use", f"pass --port {port + 1} or stop the other app")
     _setup_logging()
+    if services is None:
+        from app.services import build_services
+
+        services = build_services(defer_store=True)  # opened below, once the server listens
     blocks, app = build_app(services, auth=login, restrict_paths=bool(share or space),
                             oauth_allowed=allow_list() if oauth else None)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -324,6 +330,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
             raise ModelForgeError(f"the web server could not start on {host}:{port}",
                                   "see the messages above; try another --port")
         time.sleep(0.05)
+    _open_store(services, server, thread)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{shown}:{port}/"
     running = Launched(url=url, server=server, thread=thread, blocks=blocks, app=app)
@@ -340,6 +347,25 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
         print("\nstopping ModelForge…", flush=True)
         running.close()
     return running
+
+
+def _open_store(services: Any, server: Any, thread: threading.Thread) -> None:
+    """Open a deferred record store now, while the browser fetches the first page, and wait for it.
+
+    Raises:
+        DatabaseDamagedError: the database is damaged (the server is stopped first), as when
+            the store was opened before the server started.
+    """
+    from core.deferred import Deferred
+
+    if not isinstance(services.store, Deferred):
+        return
+    try:
+        services.store.start().get()
+    except BaseException:
+        server.should_exit = True
+        thread.join(10)
+        raise
 
 
 def _open_share_link(blocks: gr.Blocks, host: str, port: int) -> str | None:

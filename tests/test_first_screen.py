@@ -45,7 +45,9 @@ def test_starting_the_app_and_its_page_load_import_no_heavy_library(tmp_path):
 
 
 def test_importing_the_app_imports_no_heavy_library(tmp_path):
-    code = f"import sys, app.main, app.ui, app.services; print([m for m in {HEAVY!r} if m in sys.modules])"
+    # SQLAlchemy too: `modelforge ui` opens the record store in the background once it listens.
+    code = (f"import sys, app.main, app.ui, app.services; "
+            f"print([m for m in {HEAVY + ('sqlalchemy', 'sqlmodel')!r} if m in sys.modules])")
     env = {**os.environ, "MODELFORGE_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,3 +121,41 @@ def test_defer_keeps_blocks_meant_to_start_hidden_and_the_first_tabs_types():
     assert first is not None and set(map(id, deferred)) == {id(plot), id(chat), id(acc), id(num)}
     assert not text in deferred and hidden_chat.visible is False
     assert all(b.visible is False for b in deferred)
+
+
+def test_ui_with_a_damaged_database_still_exits_2_naming_it(tmp_path):
+    """The store opens after the server starts (in the background): a damaged database still
+    stops `modelforge ui` with the usual one-line message and exit status 2."""
+    from tests.helpers import free_port
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "modelforge.db").write_bytes(os.urandom(8192))
+    env = {**os.environ, "MODELFORGE_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env.pop("MODELFORGE_DATABASE_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "app.main", "ui", "--port", str(free_port())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "modelforge.db" in proc.stderr and "modelforge doctor" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_deferred_builds_once_and_hands_every_caller_the_same_result():
+    import threading
+
+    from core.deferred import Deferred
+
+    calls = []
+    store = Deferred(lambda: calls.append(1) or {"opened": True}, "test")
+    assert "not started" in repr(store)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.get())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and all(r is results[0] for r in results) and results[0] == {"opened": True}
+    assert store.keys() == {"opened": True}.keys()  # attributes are forwarded to the built object
+
+    broken = Deferred(lambda: 1 / 0, "broken").start()
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            broken.get()
