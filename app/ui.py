@@ -35,7 +35,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import first_screen
+from app import first_screen, startup_gc
 from components import configure_tab, dataset_tab, hardware_tab, models_tab, playground_tab, train_tab
 from components.common import AppContext, default_config, guard, is_restricted_env
 from core.errors import ModelForgeError
@@ -320,6 +320,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
         services = build_services(defer_store=True)  # opened below, once the server listens
     blocks, app = build_app(services, auth=login, restrict_paths=bool(share or space),
                             oauth_allowed=allow_list() if oauth else None)
+    startup_gc.resume()  # `modelforge ui` paused the cyclic GC for the start-up (app/startup_gc.py)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, name="modelforge-http", daemon=True)

@@ -159,3 +159,20 @@ def test_deferred_builds_once_and_hands_every_caller_the_same_result():
     for _ in range(2):
         with pytest.raises(ZeroDivisionError):
             broken.get()
+
+
+def test_startup_gc_pause_then_resume_freezes_the_start_up_heap_and_collects_again():
+    import gc
+
+    from app import startup_gc
+
+    startup_gc.resume()  # not paused: nothing to do
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    startup_gc.pause()
+    try:
+        assert not gc.isenabled()
+        startup_gc.resume()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.enable()
+        gc.unfreeze()  # this test process's heap goes back to normal collection
