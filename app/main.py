@@ -603,10 +603,16 @@ def cmd_hardware(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from app.ui import launch
+    from app import startup_gc
 
-    launch(host=args.host, port=args.port, share=args.share, auth=args.auth, no_auth=args.no_auth,
-           open_browser=not args.no_browser)
+    startup_gc.pause()  # launch() resumes it once the app is built (app/startup_gc.py)
+    try:
+        from app.ui import launch
+
+        launch(host=args.host, port=args.port, share=args.share, auth=args.auth, no_auth=args.no_auth,
+               open_browser=not args.no_browser)
+    finally:
+        startup_gc.resume()
     return EXIT_OK
 
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobManager
-from core.records import RecordStore
+
+if TYPE_CHECKING:  # SQLAlchemy loads when the store opens, not when the app starts (issue 18)
+    from core.records import RecordStore
 
 
 @dataclass
 class Services:
-    store: RecordStore
+    store: Any  # a RecordStore, or a core.deferred.Deferred one while the app starts
     jobs: JobManager
 
 
@@ -43,7 +46,7 @@ def sqlite_file(url: str) -> Path | None:
     return Path(name) if name and name != ":memory:" else None
 
 
-def open_store(url: str) -> RecordStore:
+def open_store(url: str) -> "RecordStore":
     """The record store at ``url``.
 
     Raises:
@@ -53,6 +56,7 @@ def open_store(url: str) -> RecordStore:
     """
     from core.doctor import check_database, damaged
     from core.paths import runs_dir
+    from core.records import RecordStore
 
     db = sqlite_file(url)
     check_database(db, runs_dir())
@@ -65,9 +69,23 @@ def open_store(url: str) -> RecordStore:
         raise error from None
 
 
-def build_services(database_url: str | None = None) -> Services:
+def build_services(database_url: str | None = None, defer_store: bool = False) -> Services:
+    """The record store and the job manager.
+
+    Args:
+        database_url: default ``MODELFORGE_DATABASE_URL`` or the SQLite file in the data folder.
+        defer_store: ``modelforge ui``: the store is opened by ``store.start()`` in a background
+            thread (``launch`` starts it once the server listens, then waits for it), so the
+            first page does not wait for SQLAlchemy; every use of the store waits until it is open.
+    """
     from core.paths import database_url as default_url
 
     go_offline_if_hub_unreachable()
-    store = open_store(database_url or default_url())
+    url = database_url or default_url()
+    if defer_store:
+        from core.deferred import Deferred
+
+        store: Any = Deferred(lambda: open_store(url), "record store")
+    else:
+        store = open_store(url)
     return Services(store=store, jobs=JobManager(store))

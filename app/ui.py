@@ -17,8 +17,10 @@ login covers the page, the uploads and every named API endpoint (``/api/health``
 ``/api/info`` stay open: they carry no user data). Uploads are capped at
 ``MODELFORGE_MAX_UPLOAD_MB`` (default 200; Gradio refuses bigger files with HTTP 413).
 
-Heavy libraries are not imported here: the first page is up in a few seconds and torch loads
-with the first action that needs it.
+Start-up (issue 18): heavy libraries are not imported here (torch loads with the first action
+that needs it); the record store (SQLAlchemy) opens in a background thread once the server
+listens; and the first page is sent only the component types of its first tab
+(``app/first_screen.py``): the other tabs' widgets are shown by the first page-load event.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import first_screen, startup_gc
 from components import configure_tab, dataset_tab, hardware_tab, models_tab, playground_tab, train_tab
 from components.common import AppContext, default_config, guard, is_restricted_env
 from core.errors import ModelForgeError
@@ -120,16 +123,18 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         gr.HTML(f"<div class='mf-header'><div class='mf-logo'>{_logo_svg()}</div><div><h1>ModelForge</h1>"
                 "<p>Fine-tune a language model on your own machine: from a data file to a model you can talk "
                 "to, without writing code.</p></div></div>", elem_id="mf-header")
-        banner = gr.HTML(BANNER, elem_id="mf-banner", visible=not has_trained(ctx))
+        # Hidden until the page-load event has read the records (they open in the background while
+        # the page draws, issue 18): shown to a new user, never flashed at one who has trained.
+        banner = gr.HTML(BANNER, elem_id="mf-banner", visible=False)
         # wrap: on a phone all six tabs stay in sight (in two rows), not folded into a "..." menu.
         with gr.Tabs(elem_id="mf-tabs", overflow_behavior="wrap") as tabs:
             with gr.Tab("1. Dataset", id="dataset", elem_id="tab-dataset"):
                 ds = dataset_tab.build(ctx, initial)
-            with gr.Tab("2. Hardware", id="hardware", elem_id="tab-hardware"):
+            with gr.Tab("2. Hardware", id="hardware", elem_id="tab-hardware") as hw_tab_el:
                 hw = hardware_tab.build(ctx)
             with gr.Tab("3. Configure", id="configure", elem_id="tab-configure") as cfg_tab:
                 cfg = configure_tab.build(ctx, initial)
-            with gr.Tab("4. Train", id="train", elem_id="tab-train"):
+            with gr.Tab("4. Train", id="train", elem_id="tab-train") as train_tab_el:
                 tr = train_tab.build(ctx)
             with gr.Tab("5. Models", id="models", elem_id="tab-models") as models_tab_el:
                 mo = models_tab.build(ctx)
@@ -184,12 +189,17 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         def _banner():
             return gr.HTML(visible=not has_trained(ctx))
 
-        blocks.load(_banner, None, banner, **quick)
         tr.done.change(_banner, None, banner, **quick)  # a run just finished: the hint has served
-        blocks.load(tr.attach, tr.state, tr.outputs, **quick)
-        blocks.load(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)
-        blocks.load(guard(_models), mo.choice, mo.outputs, **quick)
-        blocks.load(guard(_players), pg.model, pg.model, **quick)
+        # The first page draws with the Dataset tab's component types only; the other tabs'
+        # widgets are shown right after it is up, then the other load events run (first_screen.py).
+        later = [hw_tab_el, cfg_tab, train_tab_el, models_tab_el, play_tab_el]
+        empty_until_validated = ds.outputs[2:]  # preview, histogram, report: nothing to show yet
+        loaded = first_screen.reveal_on_load(blocks, first_screen.defer(blocks, later, also=empty_until_validated))
+        loaded.then(_banner, None, banner, **quick)
+        loaded.then(tr.attach, tr.state, tr.outputs, **quick)
+        loaded.then(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)
+        loaded.then(guard(_models), mo.choice, mo.outputs, **quick)
+        loaded.then(guard(_players), pg.model, pg.model, **quick)
 
         dataset_tab.register_api(ctx, default_config)
         hardware_tab.register_api(ctx)
@@ -362,8 +372,13 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
     if not _port_free(host, port):
         raise ModelForgeError(f"port {port} is already in use", f"pass --port {port + 1} or stop the other app")
     _setup_logging()
+    if services is None:
+        from app.services import build_services
+
+        services = build_services(defer_store=True)  # opened below, once the server listens
     blocks, app = build_app(services, auth=login, restrict_paths=bool(share or space),
                             oauth_allowed=allow_list() if oauth else None)
+    startup_gc.resume()  # `modelforge ui` paused the cyclic GC for the start-up (app/startup_gc.py)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, name="modelforge-http", daemon=True)
@@ -374,6 +389,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
             raise ModelForgeError(f"the web server could not start on {host}:{port}",
                                   "see the messages above; try another --port")
         time.sleep(0.05)
+    _open_store(services, server, thread)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{shown}:{port}/"
     running = Launched(url=url, server=server, thread=thread, blocks=blocks, app=app)
@@ -392,6 +408,25 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
         print("\nstopping ModelForge…", flush=True)
         running.close()
     return running
+
+
+def _open_store(services: Any, server: Any, thread: threading.Thread) -> None:
+    """Open a deferred record store now, while the browser fetches the first page, and wait for it.
+
+    Raises:
+        DatabaseDamagedError: the database is damaged (the server is stopped first), as when
+            the store was opened before the server started.
+    """
+    from core.deferred import Deferred
+
+    if not isinstance(services.store, Deferred):
+        return
+    try:
+        services.store.start().get()
+    except BaseException:
+        server.should_exit = True
+        thread.join(10)
+        raise
 
 
 def _open_share_link(blocks: gr.Blocks, host: str, port: int) -> str | None:

@@ -22,7 +22,6 @@ import gradio as gr
 from components.common import AppContext, endpoint, fmt_bytes, guard, icon, info
 from core.errors import ModelForgeError, NotFoundError, OfflineError
 from core.paths import home, inside_home
-from core.records import record_to_dict
 
 TABLE_HEADERS = ["name", "id", "base model", "task", "strategy", "provider", "created", "metrics", "size"]
 EMPTY_TEXT = "No models yet: train one on the **Train** tab (the identity demo is preselected)."
@@ -59,6 +58,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
 
 
 def list_models(ctx: AppContext) -> list[dict]:
+    from core.records import record_to_dict  # SQLAlchemy is not imported at start-up (issue 18)
+
     return [record_to_dict(m) for m in ctx.store.list_models()]
 
 
@@ -68,6 +69,8 @@ def model_details(ctx: AppContext, model_id: str) -> dict:
     Raises:
         NotFoundError: no such model.
     """
+    from core.records import record_to_dict
+
     if not model_id:
         raise NotFoundError("no model chosen", "pick one in the list")
     rec = ctx.store.get_model(model_id)

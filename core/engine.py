@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import distributed
 from core.checks import adjusted, check_config, preflight, validate_data  # noqa: F401 (preflight: re-exported)
@@ -24,9 +24,11 @@ from core.errors import DataError, ModelForgeError, NotAvailableError, TrainingE
 from core.events import EventLog
 from core.models import device as _device
 from core.models import train_dtype
-from core.records import ModelRecord, RecordStore, new_id
 from core.registry import PROVIDERS, STRATEGIES
 from core.run import MODEL_CARD, RunResult, TrainContext, checkpoint_complete, create_run  # noqa: F401
+
+if TYPE_CHECKING:  # SQLAlchemy loads with the record store, not with this module (issue 18: start-up)
+    from core.records import RecordStore
 
 log = logging.getLogger("modelforge.engine")
 
@@ -399,6 +401,8 @@ def _fail(store, events, run_id, run_dir, message, hint, exc, fault: bool) -> Ru
 
 def _write_model(config: RunConfig, ctx: TrainContext, store: RecordStore, run_id: str, metrics: dict) -> str:
     """Write the model card beside the adapter, then the record and run status in one transaction."""
+    from core.records import ModelRecord, new_id
+
     model_dir = ctx.model_dir
     model_id = new_id("model")
     card = {

@@ -20,7 +20,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from core.checks import adjusted, check_config
 from core.config import RunConfig
@@ -28,7 +28,9 @@ from core.engine import run_training
 from core.run import RunResult, create_run, last_checkpoint, resumable  # noqa: F401 (last_checkpoint: re-exported)
 from core.errors import BusyError, ModelForgeError, NotFoundError
 from core.events import TERMINAL, Event, EventLog, read_events
-from core.records import RecordStore
+
+if TYPE_CHECKING:  # SQLAlchemy loads with the record store, not at start-up (issue 18)
+    from core.records import RecordStore
 
 log = logging.getLogger("modelforge.jobs")
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top: a module may import from its own layer or below, never above.
 LAYERS = [
-    ("errors, events", ["core.errors", "core.events"]),
+    ("errors, events", ["core.errors", "core.events", "core.deferred"]),
     ("config, paths, records, data, hardware", ["core.config", "core.paths", "core.records", "core.data",
                                                 "core.hardware", "core.memory", "core.demo_model",
                                                 "core.evaluation", "core.limits", "core.public_mode",
