@@ -25,9 +25,13 @@ from app.services import build_services
 from app.ui import build_app
 blocks, app = build_app(build_services())
 ran = []
-for fn in blocks.fns.values():
-    on_load = any(getattr(t[0], "_id", t[0]) == blocks._id and t[1] == "load" for t in fn.targets)
-    if on_load or fn.trigger_after is not None:
+# The page-load events and what is chained after them (.then), not the chains of other events
+# (a click's .then): those run when the user acts, not when the page loads.
+chain = {fn._id for fn in blocks.fns.values()
+         if any(getattr(t[0], "_id", t[0]) == blocks._id and t[1] == "load" for t in fn.targets)}
+for fn in blocks.fns.values():  # in creation order: a .then comes after what it follows
+    if fn._id in chain or fn.trigger_after in chain:
+        chain.add(fn._id)
         fn.fn(*[getattr(c, "value", None) for c in fn.inputs])
         ran.append(fn.name)
 print(json.dumps({"heavy": [m for m in %r if m in sys.modules], "ran": ran}))
@@ -89,7 +93,7 @@ def test_one_load_event_reveals_every_deferred_block_before_the_others_run(block
     assert len(on_load) == 1, "every other load event must be chained after the reveal"
     reveal = on_load[0]
     chained = [fn for fn in blocks.fns.values() if fn.trigger_after == reveal._id]
-    assert len(chained) == 4  # train attach, hardware, models, playground models
+    assert len(chained) == 5  # banner, train attach, hardware, models, playground models
     revealed = [c._id for c in reveal.outputs]
     assert len(revealed) > 50 and set(revealed) <= hidden
     updates = reveal.fn()
