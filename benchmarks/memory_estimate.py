@@ -5,7 +5,7 @@ parameters; LoRA, QLoRA on a 4-bit base, or a full fine-tune; fp32 or bf16; with
 gradient checkpointing) a fresh child process trains ``STEPS`` steps through ModelForge's own
 engine (``core.engine.run_training``, the path ``modelforge train`` takes) on rows long enough
 that every sequence is cut at ``max_length``. The measured peak is the child's peak resident
-memory (``ru_maxrss``, from ``os.wait4``), which is what runs out on a CPU: it includes Python,
+memory (VmHWM on Linux, else ``ru_maxrss`` from ``os.wait4``), which is what runs out on a CPU: it includes Python,
 torch and the libraries. The estimate is ``core.memory.estimate(..., device="cpu")`` for the same
 settings. Error = (estimate - measured) / measured; the target is within +-25%.
 
@@ -197,10 +197,25 @@ def worker(spec: dict) -> dict:
     start = time.perf_counter()
     result = run_training(config, store, EventLog(run_id), run_id, run_dir)
     out = {"status": result.status, "error": result.error or "", "seconds": time.perf_counter() - start,
-           "baseline": baseline, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+           "baseline": baseline, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "peak_hwm": _vm_hwm()}
     if device == "cuda":
         out["peak_cuda"] = torch.cuda.max_memory_allocated()
     return out
+
+
+def _vm_hwm() -> int | None:
+    """This process image's peak resident memory (Linux /proc/self/status VmHWM), or None.
+
+    Preferred to ru_maxrss: Linux carries a process's pre-exec high-water mark into ru_maxrss, so a
+    child started from a big parent (a long pytest session holds GiBs) reported the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def measure(case: Case, model_dir: Path, data: Path, device: str) -> dict:
@@ -254,7 +269,8 @@ def run(cases: list[Case], device: str, tolerance: float, log=_log) -> list[Resu
             if got.get("status") != "completed":
                 r.status, r.detail = "failed", str(got.get("error", ""))[:300]
             else:
-                peak = got["peak_cuda"] if device == "cuda" else max(got["peak_rss"], got["peak_rss_wait4"])
+                peak = (got["peak_cuda"] if device == "cuda" else got.get("peak_hwm")
+                        or max(got["peak_rss"], got["peak_rss_wait4"]))
                 r.measured_gib = peak / GIB
                 r.baseline_gib = got["baseline"] / GIB
                 r.error = (r.estimate_gib - r.measured_gib) / r.measured_gib

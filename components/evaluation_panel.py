@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import AppContext, guard
+from components.common import AppContext, guard, icon
 from core.errors import ModelForgeError
 
 ROW_HEADERS = ["change", "prompt", "reference", "base answer", "tuned answer", "base score", "tuned score"]
@@ -108,9 +108,9 @@ def follow(ctx: AppContext, task_id: str, poll_s: float = 0.5):
                 yield ev.type, ev.data
                 return
             if ev.type == "queued" and ev.data.get("message", "").startswith("waiting"):
-                yield "status", f"⏳ {ev.data['message']} (an evaluation waits for the run training)"
+                yield "status", f"{icon('wait')} {ev.data['message']} (an evaluation waits for the run training)"
             elif ev.type == "progress":
-                yield "status", f"⏳ {ev.data.get('message', '')}"
+                yield "status", f"{icon('wait')} {ev.data.get('message', '')}"
         if not events:
             import time
 
@@ -124,7 +124,9 @@ def build(ctx: AppContext, choice: gr.Dropdown) -> None:
         with gr.Row():
             upload = gr.File(label="Evaluate on a file (optional: else the held-out rows)", file_count="single",
                              type="filepath", elem_id="eval-file", scale=2)
-            max_rows = gr.Number(value=0, precision=0, minimum=0, label="Rows (0: default bound)",
+            # No Gradio minimum: its bound check prints a traceback; core.compare_eval refuses a
+            # negative count by name.
+            max_rows = gr.Number(value=0, precision=0, label="Rows (0: default bound)",
                                  elem_id="eval-max-rows", scale=1)
             with gr.Column(scale=1):
                 run = gr.Button("Evaluate", elem_id="btn-evaluate")
@@ -132,29 +134,35 @@ def build(ctx: AppContext, choice: gr.Dropdown) -> None:
         status = gr.Markdown("", elem_id="eval-status")
         sort = gr.Radio(list(SORTS), value=SORTS[0], label="Rows sorted by the change of the score",
                         elem_id="eval-sort")
+        # Pixel widths: on a phone the table scrolls sideways instead of squeezing words to letters.
+        # The table and the download appear once there is an evaluation (no empty boxes before).
         rows = gr.Dataframe(headers=ROW_HEADERS, value=None, interactive=False, wrap=True, elem_id="eval-rows",
-                            label="Rows: prompt, reference, base and tuned answers, scores")
-        download = gr.File(label="Predictions (JSONL)", interactive=False, elem_id="eval-download")
+                            label="Rows: prompt, reference, base and tuned answers, scores", visible=False,
+                            column_widths=["80px", "220px", "200px", "200px", "200px", "90px", "90px"])
+        download = gr.File(label="Predictions (JSONL)", interactive=False, elem_id="eval-download", visible=False)
     # The evaluation this panel started last (a job of the manager: it survives a closed page, and
     # Stop reaches it from any page).
     last = {"task": None}
 
+    def _shown(text, table, file):
+        return text, gr.Dataframe(value=table or None, visible=bool(table)), gr.File(value=file, visible=bool(file))
+
     def _show(model_id, how):
-        return show(ctx, model_id, how)
+        return _shown(*show(ctx, model_id, how))
 
     def _evaluate(model_id, path, n):
         last["task"] = task_id = evaluate(ctx, model_id, path, int(n or 0) or None)
-        yield "⏳ queued", gr.skip(), gr.skip(), gr.skip()
+        yield f"{icon('wait')} queued", gr.skip(), gr.skip(), gr.skip()
         for kind, data in follow(ctx, task_id):
             if kind == "status":
                 yield data, gr.skip(), gr.skip(), gr.skip()
             elif kind == "failed":
                 raise ModelForgeError(data.get("message", "the evaluation failed"), data.get("hint", ""))
             else:
-                text, table, file = show(ctx, model_id)
-                mark = "⏹ stopped: " if kind == "cancelled" else "✅ "
+                text, table, file = _shown(*show(ctx, model_id))
+                mark = f"{icon('pause')} stopped: " if kind == "cancelled" else f"{icon('ok')} "
                 if "summary" not in data:
-                    yield "⏹ stopped before it started", gr.skip(), gr.skip(), gr.skip()
+                    yield f"{icon('pause')} stopped before it started", gr.skip(), gr.skip(), gr.skip()
                 else:
                     yield (f"{mark}{data['summary']} ({data.get('limits', '')}; {data.get('seconds', 0):.0f} s)",
                            text, table, file)

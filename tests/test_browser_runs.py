@@ -90,10 +90,10 @@ def test_two_runs_side_by_side_in_the_models_tab(browser, two_runs):
 
     page.locator("#runs-compare button").first.click()  # open the accordion
     page.click("#btn-runs-compare-refresh")
-    for name, run_id in runs:
-        _pick(page, run_id)
+    for name, _ in runs:  # a run's label: name · start time · status (components.common.run_label)
+        _pick(page, name)
     chosen = page.locator("#runs-compare-choice .token").all_inner_texts()
-    assert len(chosen) == 2 and all(any(run_id in c for c in chosen) for _, run_id in runs), chosen
+    assert len(chosen) == 2 and all(any(name in c and "completed" in c for c in chosen) for name, _ in runs), chosen
     page.click("#btn-runs-compare")
 
     # the curves: both runs' loss and eval loss overlaid in one plot (a legend entry per series)

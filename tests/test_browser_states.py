@@ -133,7 +133,8 @@ def _no_emoji(page, tab: str) -> None:
 
 def test_each_tab_before_any_model(page):
     banner = page.locator("#mf-banner")
-    assert banner.is_visible() and "half a minute" in banner.inner_text()
+    banner.wait_for(state="visible", timeout=30_000)  # shown by the page-load event once the records are read
+    assert "half a minute" in banner.inner_text()
 
     _tab(page, "train")
     page.wait_for_function("document.querySelector('#train-status').innerText.includes('No run yet')",

@@ -220,7 +220,8 @@ def test_the_push_button_clears_the_token_box(ctx, monkeypatch):
     fns = [f for f in blocks.fns.values() if any(t[0] == push._id for t in f.targets)]
     assert len(fns) == 1 and token_box in fns[0].outputs
     monkeypatch.setattr(models_tab, "push_to_hub", lambda *a, **k: "Pushed m1")
-    assert fns[0].fn("model-x", "me/repo", FAKE_TOKEN, True) == ("✅ Pushed m1", "")
+    message, token_after = fns[0].fn("model-x", "me/repo", FAKE_TOKEN, True)
+    assert message.endswith("Pushed m1") and FAKE_TOKEN not in message and token_after == ""
     follow_up = [f for f in blocks.fns.values() if token_box in f.outputs and f is not fns[0]]
     assert any(f.fn() == "" for f in follow_up if not f.inputs)
 
