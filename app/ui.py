@@ -193,8 +193,12 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         # The first page draws with the Dataset tab's component types only; the other tabs'
         # widgets are shown right after it is up, then the other load events run (first_screen.py).
         later = [hw_tab_el, cfg_tab, train_tab_el, models_tab_el, play_tab_el]
-        empty_until_validated = ds.outputs[2:]  # preview, histogram, report: nothing to show yet
-        loaded = first_screen.reveal_on_load(blocks, first_screen.defer(blocks, later, also=empty_until_validated))
+        # The preview, histogram and report stay hidden until a check fills them (no empty panels
+        # for a new user): deferred with the later tabs, but not revealed on load.
+        empty_until_validated = ds.outputs[2:]
+        deferred = first_screen.defer(blocks, later, also=empty_until_validated)
+        shown_on_load = [b for b in deferred if all(b is not e for e in empty_until_validated)]
+        loaded = first_screen.reveal_on_load(blocks, shown_on_load)
         loaded.then(_banner, None, banner, **quick)
         loaded.then(tr.attach, tr.state, tr.outputs, **quick)
         loaded.then(guard(hardware_tab.refresh_outputs), hw.task, hw.outputs, **quick)

@@ -468,9 +468,12 @@ def view_outputs(view: DatasetView) -> list:
     rows = table_rows(view.problem_rows()) or [["", "no problems found", ""]]
     # A one-line label, also on a phone: a second line pushed the axis out of the plot's height.
     # What the red bars are is said in the status's Tokens line (Gradio clips the x-axis title).
-    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label="Token lengths") if view.bins else
-            gr.BarPlot(value=_no_lengths(), label="Token lengths (need the model's tokenizer)"))
-    return [view.status, view.split_text, view.preview, hist, rows]
+    hist = (gr.BarPlot(value=view.histogram, sort=view.bins, label="Token lengths", visible=True) if view.bins else
+            gr.BarPlot(value=_no_lengths(), label="Token lengths (need the model's tokenizer)", visible=True))
+    # The preview, chart and report start hidden (app/ui.py: no empty panels before a check) and
+    # show with the first result.
+    return [view.status, view.split_text, gr.HighlightedText(value=view.preview, visible=True), hist,
+            gr.Dataframe(value=rows, visible=True)]
 
 
 def run_name_for(name: str, old_dataset: str, new_dataset: str) -> Any:
