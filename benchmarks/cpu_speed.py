@@ -269,12 +269,12 @@ def summarize(raw: dict, mode: str) -> dict:
             "limits": LIMITS}
 
 
-LIMITS = ("bf16 weights under autocast (fp32 LoRA adapters and AdamW state: the correct default) gain ~1.2x on the "
-          "29M model and ~2x on the ~100M one on this CPU (AVX-512 bf16, no AMX), not 2x everywhere: the small models "
-          "spend much of a step outside matmuls. What reaches ~2x on the 29M model: torch.compile on top "
-          "(compile: auto turns it on for runs long enough to win the compile time back), or bf16 adapters too "
-          "(not chosen: without an fp32 master copy AdamW's small updates round away). The demo model (0.9M) is "
-          "Python overhead: nothing pays there.")
+LIMITS = ("bf16 weights under autocast (fp32 LoRA adapters and AdamW state: the correct default) gained 2.03x on the "
+          "29M model and 2.37x on the ~100M one on this CPU (AVX-512 bf16, no AMX) when the machine was quiet (1.21x / "
+          "2.04x under a load average of ~10: the small model's steps lose most to contention). The demo model "
+          "(0.9M) is Python overhead, not matmuls: ~1.1x, nothing pays there. torch.compile on top adds ~15% on the 29M "
+          "model once compiled (compile: auto turns it on for runs long enough to win the compile time back); bf16 "
+          "adapters too would add ~10% but are not chosen: without an fp32 master copy AdamW's small updates round away.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -499,13 +499,15 @@ _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 #   ratios): bf16 weights under autocast, fp32 adapters, 1.21x fp32 on a 29M Llama and 2.04x on a
 #   ~100M one; the 0.9M demo 1.04x (Python overhead, not matmuls). Loss within 0.01% of fp32's.
 #   Without autocast (bf16 base, fp32 LoRA path) it was slower: 1.13x and 1.47x.
+# - The same machine quiet (load 0.4, 2026-12-04 23:05): 2.03x on the 29M model, 2.37x on ~100M, 1.09x
+#   on the demo; without autocast 1.79x / 2.05x. The loaded run's figures are a lower bound.
 # - Intel Xeon with AMX (the issue's measurement, 2026-12-01): bf16 weights 1.47x on the 29M model.
 # - With one torch thread bf16 autocast lost (0.6x), so bf16 needs 2+ threads.
 # Not chosen: bf16 adapters too ("all bf16", 2.1x on both models above): AdamW's updates
 # (~lr = 2e-4) are about half a bf16 ulp of typical LoRA A weights (~0.04), so late updates of a
 # decaying schedule round away; without an fp32 master copy that is not the same training.
 CPU_BF16_MIN_THREADS = 2
-CPU_BF16_SPEEDUP = "1.2-2x"  # the measured figures above (29M-100M), as the advice states them
+CPU_BF16_SPEEDUP = "~2x"  # the quiet machine's figures above (29M-100M: 2.03-2.37x), as the advice states them
 
 
 def cpu_bf16_units(cpuinfo: str | None = None) -> bool:
