@@ -42,3 +42,31 @@ def assert_answers(lm: Any, prompt: Any, max_new_tokens: int = 4, answer: Any = 
     assert ask(lm, prompt, max_new_tokens=max_new_tokens) == first, "greedy decoding is not deterministic"
     assert not lm.model.training, "the model was left in training mode"
     return first
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's headless Chromium through playwright, for the browser tests; skipped with the
+    reason when it is missing, unless MODELFORGE_REQUIRE_BROWSER=1 (.ci/run), where it fails."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        if os.environ.get("MODELFORGE_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium not found at /usr/bin/chromium: apt-get install chromium")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -12,33 +12,21 @@ download). Skipped with the reason when Chromium is missing, unless MODELFORGE_R
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from tests.helpers import served_app
+from tests.helpers import chromium, served_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("MODELFORGE_REQUIRE_BROWSER") == "1":
-            pytest.fail("Chromium not found at /usr/bin/chromium: apt-get install chromium")
-        pytest.skip("Chromium not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,16 @@ Needs Debian's ``chromium`` and PyPI's ``playwright`` (see tests/test_browser.py
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from tests.helpers import served_app
+from tests.helpers import chromium, served_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 TABS = ("dataset", "hardware", "configure", "train", "models", "playground")
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 # Emoji and pictographs: boxes on a machine without an emoji font (what the issue saw).
@@ -37,16 +32,8 @@ EMOJI = re.compile("[\U0001F000-\U0001FFFF\u2600-\u27BF\u2B00-\u2BFF\u2460-\u24F
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("MODELFORGE_REQUIRE_BROWSER") == "1":
-            pytest.fail("Chromium not found at /usr/bin/chromium: apt-get install chromium")
-        pytest.skip("Chromium not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 class _Records(logging.Handler):
