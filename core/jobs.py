@@ -18,7 +18,7 @@ import queue
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -87,6 +87,10 @@ class _Job:
     run_dir: Path | None
     resume_from: str | None = None
     work: TaskWork | None = None  # a task (not a training run): what to do
+    # Set by the worker once the job is over *and* the device slot is free again (after its last
+    # event): what :meth:`JobManager.wait` waits for, so a caller that waits and then submits is
+    # never told the device is busy with the job it waited for.
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class JobManager:
@@ -107,6 +111,7 @@ class JobManager:
         self._configs: dict[str, dict] = {}  # run id -> config, while queued or running
         self._finished: list[str] = []       # run ids whose events are still in memory, oldest first
         self._tasks: set[str] = set()         # ids of tasks queued or running (not runs)
+        self._done: dict[str, threading.Event] = {}  # job id -> its _Job.done (the latest enqueue)
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
@@ -214,6 +219,7 @@ class JobManager:
         if job.run_id in self._finished:  # resumed: in memory again until it ends
             self._finished.remove(job.run_id)
         self._stops[job.run_id] = threading.Event()
+        self._done[job.run_id] = job.done
         position = len(self._waiting) + (1 if self._current else 0)
         events.emit("queued", message=("starting" if position == 0 else
                                        f"waiting: {position} run(s) ahead on this device"))
@@ -245,6 +251,7 @@ class JobManager:
                         log.error("could not record the cancel of %s:\n%s", job.run_id, traceback.format_exc())
                     self._logs[job.run_id].emit("cancelled", message="stopped before it started")
                     self._retire(job.run_id)
+                    job.done.set()
                     continue
                 self._current = job.run_id
             try:
@@ -261,6 +268,7 @@ class JobManager:
                     self._current = None
                     if job.run_id not in self._waiting:  # not resumed again in the meantime
                         self._retire(job.run_id)
+                    job.done.set()  # last: the slot is free before a waiter hears the job is over
 
     def _retire(self, run_id: str) -> None:
         """A run ended: forget its config and stop flag; keep its events for the last few runs."""
@@ -272,6 +280,7 @@ class JobManager:
             old = self._finished.pop(0)
             self._logs.pop(old, None)
             self._results.pop(old, None)
+            self._done.pop(old, None)
 
     # -- controlling --------------------------------------------------------------------------------
     def stop(self, run_id: str) -> bool:
@@ -323,22 +332,32 @@ class JobManager:
         return read_events(Path(run.output_dir) / "events.jsonl")[since:]
 
     def wait(self, run_id: str, timeout: float = 600.0) -> str:
-        """Block until the run ends; return its status (for tests and scripts)."""
+        """Block until the run (or task) is over and the device slot it held is free again; return
+        its status (for tests and scripts). A task's status is "completed", "cancelled" or "failed".
+
+        Raises:
+            TimeoutError: it did not end within ``timeout`` seconds.
+        """
         import time
 
         deadline = time.time() + timeout
+        done = self._done.get(run_id)
+        if done is not None:  # queued or run by this manager: the worker says when it is over
+            while True:
+                if not done.wait(max(0.0, deadline - time.time())):
+                    raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
+                again = self._done.get(run_id)
+                if again is None or again is done:
+                    break
+                done = again  # resumed while it ended: wait for that attempt too
+            if run_id.startswith("task-"):  # a task has no record: its last event says
+                ended = [e.type for e in self._logs[run_id].events if e.type in TERMINAL]
+                return {"finished": "completed"}.get(ended[-1], ended[-1])
+            return self.store.get_run(run_id).status
+        # Not in memory (recorded by an earlier process, or long finished): the record says.
         while time.time() < deadline:
-            evs = self._logs.get(run_id)
-            if evs is not None:
-                ended = [e.type for e in evs.events if e.type in TERMINAL]
-                if ended and run_id.startswith("task-"):  # a task has no record: its last event says
-                    return {"finished": "completed"}.get(ended[-1], ended[-1])
-                if ended:
-                    return self.store.get_run(run_id).status
-                evs.wait(len(evs.events), timeout=0.5)
-            else:
-                status = self.store.get_run(run_id).status
-                if status not in ("queued", "running"):
-                    return status
-                time.sleep(0.5)
+            status = self.store.get_run(run_id).status
+            if status not in ("queued", "running"):
+                return status
+            time.sleep(0.5)
         raise TimeoutError(f"run {run_id} did not finish within {timeout} s")

@@ -158,6 +158,45 @@ def test_a_resume_in_the_instant_a_run_ends_is_not_lost(ctx, monkeypatch):
     assert calls[0] is None and calls[1].endswith("checkpoint-1")
 
 
+def test_wait_returns_only_once_the_device_slot_is_free(store):
+    """wait() then submit must never hear "busy" from the job it waited for. The worker is held
+    between the task's last event and freeing the slot (the window the old wait() returned in):
+    wait() must still be blocked there, and return once the slot is free."""
+    from core.events import TERMINAL
+
+    jobs = JobManager(store, max_queue=0)  # 0: a submit while anything holds the device is refused
+    held, release = threading.Event(), threading.Event()
+
+    def work(stop, events):  # a real, short task; its last event holds the worker
+        emit = events.emit
+
+        def emit_then_hold(kind, **data):
+            emit(kind, **data)
+            if kind in TERMINAL:
+                held.set()
+                release.wait(60)
+
+        events.emit = emit_then_hold
+        return {"rows": 0}
+
+    task = jobs.submit_task(work, "a short task")
+    waited: list = []
+    waiter = threading.Thread(target=lambda: waited.append((jobs.wait(task, timeout=60), jobs.busy)))
+    waiter.start()
+    assert held.wait(60)
+    # Not a timing check of the fix: the old wait() returned here within milliseconds; the fixed
+    # one blocks until the slot is free, however long this join waits.
+    waiter.join(2)
+    assert waiter.is_alive() and waited == [], f"wait() returned while the task still held the device: {waited}"
+    release.set()
+    waiter.join(60)
+    assert waited == [("completed", None)]
+    # and waiting then submitting straight away finds the device free, every time
+    for i in range(5):
+        nxt = jobs.submit_task(lambda stop, events: {"i": i}, f"task {i}")
+        assert jobs.wait(nxt, timeout=60) == "completed" and jobs.busy is None
+
+
 # -- the running app -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, demo_model):
