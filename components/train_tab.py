@@ -337,8 +337,10 @@ def start_training(ctx: AppContext, config: RunConfig) -> dict:
     started = start(ctx.jobs, config)
     run_id, pos, busy = started.run_id, started.position, started.behind
     if pos:
-        message = (f"Run {busy} is training. Yours ({run_id}) waits in the queue (position {pos}) and starts "
-                   "when it ends: one run trains at a time per device. Stop the current run to start yours sooner.")
+        # What really holds the device: a run, or an evaluation (Models tab) with its progress.
+        holder = ctx.jobs.holding(busy)
+        message = (f"{holder[0].upper()}{holder[1:]}. Yours ({run_id}) waits in the queue (position {pos}) and "
+                   "starts when it ends: one job at a time per device. Stop it to start yours sooner.")
     else:
         message = f"Run {run_id} started."
     fit_ok = started.memory.ok

@@ -112,6 +112,7 @@ class JobManager:
         self._finished: list[str] = []       # run ids whose events are still in memory, oldest first
         self._tasks: set[str] = set()         # ids of tasks queued or running (not runs)
         self._done: dict[str, threading.Event] = {}  # job id -> its _Job.done (the latest enqueue)
+        self._what: dict[str, str] = {}       # task id -> what it is ("an evaluation of run X"), for messages
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
@@ -135,7 +136,7 @@ class JobManager:
         with self._lock:  # check and enqueue as one step: concurrent submits cannot both pass
             if self._current and len(self._waiting) >= self.max_queue:
                 raise BusyError(
-                    f"run {self._current} is training and {len(self._waiting)} more are waiting",
+                    f"{self._holding(self._current)} and {len(self._waiting)} more are waiting",
                     "wait for it to finish or stop it; one run trains at a time per device")
             wanted = config.to_dict()
             for rid, active in self._configs.items():
@@ -157,7 +158,7 @@ class JobManager:
         config, run_dir, ckpt = resumable(self.store, run_id)
         with self._lock:
             if self._current and len(self._waiting) >= self.max_queue:
-                raise BusyError(f"run {self._current} is training", "wait for it to finish or stop it")
+                raise BusyError(self._holding(self._current), "wait for it to finish or stop it")
             self.store.update_run(run_id, status="queued", error=None, finished_at=None)
             self._configs[run_id] = config.to_dict()
             self._enqueue(_Job(config, run_id, run_dir, resume_from=ckpt))
@@ -173,7 +174,7 @@ class JobManager:
 
         with self._lock:
             if self._current and len(self._waiting) >= self.max_queue:
-                raise BusyError(f"run {self._current} is training", "wait for it to finish or stop it")
+                raise BusyError(self._holding(self._current), "wait for it to finish or stop it")
             config, new_id, run_dir, ckpt = prepare_more(self.store, run_id, steps=steps, epochs=epochs)
             self._configs[new_id] = config.to_dict()
             self._enqueue(_Job(config, new_id, run_dir, resume_from=ckpt))
@@ -182,7 +183,8 @@ class JobManager:
     def submit_task(self, work: TaskWork, what: str) -> str:
         """Queue other work on the device (an evaluation) behind the runs already queued; its id.
         Follow it with :meth:`events` ("queued", "progress", then "finished"/"failed"/"cancelled"),
-        stop it with :meth:`stop`.
+        stop it with :meth:`stop`. ``what`` names it in messages ("an evaluation of run X"): a run
+        queued behind it is told that, not a task id (:meth:`holding`).
 
         Raises:
             BusyError: a run is training and the queue is full.
@@ -191,10 +193,11 @@ class JobManager:
 
         with self._lock:
             if self._current and len(self._waiting) >= self.max_queue:
-                raise BusyError(f"the device is busy ({self._current}) and {len(self._waiting)} more jobs are waiting",
+                raise BusyError(f"{self._holding(self._current)} and {len(self._waiting)} more jobs are waiting",
                                 "wait for them to finish, or stop one")
             task_id = new_id("task")
             self._tasks.add(task_id)
+            self._what[task_id] = what
             self._enqueue(_Job(None, task_id, None, work=work))
             self._logs[task_id].emit("log", message=what)
         return task_id
@@ -275,6 +278,7 @@ class JobManager:
         self._configs.pop(run_id, None)
         self._stops.pop(run_id, None)
         self._tasks.discard(run_id)
+        self._what.pop(run_id, None)
         self._finished.append(run_id)
         while len(self._finished) > KEEP_FINISHED_LOGS:
             old = self._finished.pop(0)
@@ -302,6 +306,28 @@ class JobManager:
     def busy(self) -> str | None:
         """What holds the device now: a run or a task id (None: idle)."""
         return self._current
+
+    def holding(self, job_id: str | None = None) -> str:
+        """What holds (or will hold) the device, as a sentence for a busy message: "run X is
+        training", or for a task "an evaluation of run X is running (12/48 done)" with its last
+        progress. ``job_id``: default the job on the device now."""
+        with self._lock:
+            return self._holding(job_id or self._current)
+
+    def _holding(self, job_id: str | None) -> str:
+        if job_id is None:
+            return "nothing is running on this device"
+        now = job_id == self._current
+        if not job_id.startswith("task-"):
+            return f"run {job_id} is training" if now else f"run {job_id} is about to train"
+        text = f"{self._what.get(job_id, f'task {job_id}')} is {'running' if now else 'about to start'}"
+        log_ = self._logs.get(job_id)
+        last = next((e for e in reversed(log_.since(0)) if e.type == "progress"), None) if log_ else None
+        if last is not None and last.total_steps:
+            text += f" ({last.step}/{last.total_steps} done)"
+        elif last is not None and last.data.get("message"):
+            text += f" ({last.data['message']})"
+        return text
 
     def waiting(self) -> list[str]:
         """The runs waiting (not the tasks)."""

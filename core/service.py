@@ -78,5 +78,7 @@ def evaluate(jobs: JobManager, model_id: str, *, dataset: str | None = None, max
         return {"model_id": record.id, "summary": result.summary(), "limits": result.limits,
                 "seconds": result.seconds, "stopped": result.stopped, "rows": result.rows}
 
-    return jobs.submit_task(work, f"evaluate {record.name} ({record.id})"
-                                  + (f" on {dataset}" if dataset else " on its held-out rows"))
+    # Named by its run: a run queued behind it is told "an evaluation of run X is running".
+    source = f"run {record.run_id}" if record.run_id else f"model {record.name}"
+    return jobs.submit_task(work, f"an evaluation of {source} ({record.name}, "
+                                  + (f"on {dataset})" if dataset else "on its held-out rows)"))

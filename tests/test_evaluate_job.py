@@ -79,3 +79,43 @@ def test_bad_bounds_and_unknown_models_are_refused_before_queueing(trained):
     with pytest.raises(NotFoundError):
         evaluate(jobs, "model-nope")
     assert not str(jobs.busy).startswith("task-") and not jobs.waiting()  # nothing was queued
+
+
+def test_a_run_queued_behind_an_evaluation_is_told_what_holds_the_device(trained, small_alpaca, store, monkeypatch):
+    """Not "Run task-... is training": the evaluation, the run whose model it evaluates, and how far it got."""
+    import threading
+
+    import core.compare_eval as compare_eval
+    from components.train_tab import start_training
+    from core.errors import BusyError
+
+    jobs, model_id = trained
+    run_of_model = store.get_model(model_id).run_id
+    held, release = threading.Event(), threading.Event()
+    tick = compare_eval._tick
+
+    def tick_then_hold(progress, done, total, what):  # the real evaluation, held at its first batch
+        tick(progress, done, total, what)
+        if not held.is_set():
+            held.set()
+            release.wait(120)
+
+    monkeypatch.setattr(compare_eval, "_tick", tick_then_hold)
+    task = evaluate(jobs, model_id)
+    try:
+        assert held.wait(300)
+        assert jobs.busy == task
+        said = start_training(AppContext(store=store, jobs=jobs), _config(small_alpaca, name="behind-eval"))
+        assert said["queued"], said
+        message = said["message"]
+        assert message.startswith(f"An evaluation of run {run_of_model} (to-evaluate, on its held-out rows) "
+                                  "is running ("), message
+        assert "/12 done)" in message and "task-" not in message and "Yours (" in message, message
+        # the refusal of a full queue says the same
+        jobs.max_queue = 1
+        with pytest.raises(BusyError, match=f"an evaluation of run {run_of_model} .* is running"):
+            evaluate(jobs, model_id)
+    finally:
+        release.set()
+    assert jobs.wait(task, timeout=600) == "completed"
+    assert jobs.wait(said["run_id"], timeout=600) == "completed"
