@@ -274,6 +274,8 @@ def cmd_train(args) -> int:
             raise ConfigError(f"Cannot start: {len(checked.problems)} problem(s) found before training.",
                               problems=checked.problems, hint="fix them and run again; nothing was recorded")
         config, run_id, run_dir = create_run(checked.config, store)
+        if checked.memory.verdict:  # plain words (core says the state; only the app draws icons)
+            print(f"memory: {checked.memory.verdict}", file=sys.stderr)
 
     events = EventLog(run_id)
     events.subscribe(_ProgressPrinter(quiet=args.json))

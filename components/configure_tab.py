@@ -179,9 +179,9 @@ def load_yaml_file(path: str) -> RunConfig:
     return from_yaml(text, source=p.name)
 
 
-def memory_check(config: RunConfig) -> tuple[bool | None, str]:
-    """(fits?, markdown) from the hardware probe and the memory estimate of the config as it will
-    train (its plugins' adjustments applied); None when unknown (see core.checks.memory_check)."""
+def memory_check(config: RunConfig):
+    """The memory estimate (core.checks.MemoryCheck) of the run as it would train (its plugins'
+    adjustments applied); ``.ok`` None when unknown (see core.checks.memory_check)."""
     from core.checks import adjusted
     from core.checks import memory_check as check
 
@@ -189,8 +189,11 @@ def memory_check(config: RunConfig) -> tuple[bool | None, str]:
         config = adjusted(config)
     except ModelForgeError:
         pass  # validation reports it; the estimate of the config as given is still worth showing
-    memory = check(config)
-    return memory.ok, memory.markdown()
+    return check(config)
+
+
+# core says the memory state in words; the form draws it (no icon when there is no estimate).
+_MEMORY_ICONS = {"ok": "ok", "too big": "warn"}
 
 
 @dataclass
@@ -198,34 +201,25 @@ class PreflightResult:
     ok: bool
     problems: list[Problem] = field(default_factory=list)
     memory_ok: bool | None = None
-    memory: str = ""
+    memory: str = ""              # plain text (core.checks.MemoryCheck.markdown)
     config: RunConfig | None = None
+    memory_state: str = "unknown"  # "ok", "too big" or "unknown" (core.checks.MemoryCheck.state)
 
     def markdown(self) -> str:
-        head = ("### ✅ Ready to train" if self.ok and self.memory_ok is not False else
-                "### ⚠️ Ready, but memory is tight" if self.ok else
-                f"### ❌ {len(self.problems)} problem(s) to fix before training")
+        head = (f"### {state_icon('ok')} Ready to train" if self.ok and self.memory_ok is not False else
+                f"### {state_icon('warn')} Ready, but memory is tight" if self.ok else
+                f"### {state_icon('error')} {len(self.problems)} problem(s) to fix before training")
         parts = [head]
         if self.problems:
             parts.append(problems_markdown(self.problems))
         if self.memory:
-            parts.append(self.memory)
-        return svg_icons("\n\n".join(parts))
+            kind = _MEMORY_ICONS.get(self.memory_state)
+            parts.append((f"{state_icon(kind)} " if kind else "") + self.memory)
+        return "\n\n".join(parts)
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
-                "memory_ok": self.memory_ok, "memory": self.memory}
-
-
-_EMOJI_ICONS = {"✅": "ok", "⚠️": "warn", "❌": "error"}
-
-
-def svg_icons(markdown: str) -> str:
-    """``markdown`` with the status emoji (from core's and common's texts) drawn as inline SVG:
-    emoji are empty boxes on a machine without an emoji font."""
-    for emoji, kind in _EMOJI_ICONS.items():
-        markdown = markdown.replace(emoji, state_icon(kind))
-    return markdown
+                "memory_ok": self.memory_ok, "memory_state": self.memory_state, "memory": self.memory}
 
 
 def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) -> PreflightResult:
@@ -240,11 +234,11 @@ def run_preflight(ctx: AppContext, config: RunConfig, with_memory: bool = True) 
     if refused:
         return PreflightResult(False, refused, config=config)
     checked = run_checks(config, with_memory=with_memory)
-    if with_memory and checked.memory.fit is None and not checked.memory.note:
-        mem_ok, mem = memory_check(config)  # stopped before the estimate (a config problem): still show it
-    else:
-        mem_ok, mem = checked.memory.ok, checked.memory.markdown()
-    return PreflightResult(not checked.problems, list(checked.problems), mem_ok, mem, config)
+    memory = checked.memory
+    if with_memory and memory.fit is None and not memory.note:
+        memory = memory_check(config)  # stopped before the estimate (a config problem): still show it
+    return PreflightResult(not checked.problems, list(checked.problems), memory.ok, memory.markdown(), config,
+                           memory.state)
 
 
 # -- widgets --------------------------------------------------------------------------------------

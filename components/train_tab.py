@@ -345,7 +345,7 @@ def start_training(ctx: AppContext, config: RunConfig) -> dict:
         message = f"Run {run_id} started."
     fit_ok = started.memory.ok
     if fit_ok is False:
-        message += " Warning: " + started.memory.markdown().splitlines()[0].lstrip("⚠️ ")
+        message += " Warning: " + started.memory.verdict
     return {"run_id": run_id, "queued": bool(busy), "message": message, "memory_ok": fit_ok}
 
 

@@ -250,11 +250,26 @@ class MemoryCheck:
     def ok(self) -> bool | None:
         return None if self.fit is None else self.fit.ok
 
+    @property
+    def state(self) -> str:
+        """"ok" (fits), "too big" (does not fit: the run is refused) or "unknown" (no estimate, or
+        the free memory could not be measured). Plain words: the UI draws an icon for it
+        (components.common.state_icon), the CLI prints the words."""
+        if self.fit is None or not self.fit.measured:
+            return "unknown"
+        return "ok" if self.fit.ok else "too big"
+
+    @property
+    def verdict(self) -> str:
+        """One plain sentence: "Fits: needs about ...", "Does not fit: ...", or why there is no estimate."""
+        return self.note if self.fit is None else self.fit.message
+
     def markdown(self) -> str:
-        """The form's memory text: the verdict, the breakdown and the fixes."""
+        """The form's memory text, plain (no icon: see :attr:`state`): the verdict, the breakdown
+        and the fixes."""
         if self.fit is None:
             return self.note
-        lines = [("✅ " if self.fit.ok else "⚠️ ") + self.fit.message]
+        lines = [self.fit.message]
         lines += ["```", *self.estimate.breakdown_lines(), "```"]
         if self.fit.fixes:
             lines.append("Suggested fixes, in order:")

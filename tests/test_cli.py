@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# The status emoji core used to put in its texts (a terminal without the font shows boxes).
+EMOJI = re.compile("[\u2600-\u27bf\U0001f300-\U0001faff\ufe0f]")
 
 
 def mf(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -52,6 +57,8 @@ def test_train_json_then_models_lists_it_and_adapter_reloads(home, shared_data, 
     assert {"run_id", "output_dir", "model_id", "metrics"} <= set(result)
     assert "eval_loss" in result["metrics"] and "perplexity" in result["metrics"]
     assert "validation: 10 of 200 rows held out (auto: 5%)" in out.stderr  # the default rule, said
+    assert "memory: Fits: needs about " in out.stderr  # the verdict in plain words, no emoji
+    assert not EMOJI.search(out.stderr), out.stderr[-2000:]
 
     from peft import PeftConfig
 

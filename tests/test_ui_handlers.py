@@ -210,6 +210,37 @@ def test_preflight_lists_all_problems(ctx, tmp_path):
     assert "Ready to train" in ok.markdown() or "memory" in ok.markdown().lower()
 
 
+def test_the_memory_verdict_is_words_from_core_and_an_icon_drawn_by_the_form(ctx, monkeypatch):
+    """core says the state ("ok"/"too big"/"unknown") and a plain sentence; only the form draws the
+    icon (components.common.state_icon), so the CLI and the API get no emoji."""
+    import re
+
+    import core.hardware as hardware
+    from core.checks import memory_check
+
+    emoji = re.compile("[\u2600-\u27bf\U0001f300-\U0001faff\ufe0f]")
+    fits = memory_check(default_config())
+    if fits.estimate is None:
+        pytest.skip(fits.note)
+    assert fits.state == "ok" and fits.verdict.startswith("Fits: needs about")
+    assert fits.markdown().startswith(fits.verdict) and not emoji.search(fits.markdown())
+    shown = configure_tab.run_preflight(ctx, default_config())
+    assert shown.memory_state == "ok" and shown.to_dict()["memory_state"] == "ok"
+    assert not emoji.search(shown.markdown()) and not emoji.search(str(shown.to_dict()))
+    assert "mf-icon-ok" in shown.markdown().split(fits.verdict)[0].split("Ready to train")[-1]  # drawn beside it
+
+    real = hardware.probe()  # a machine with 4 GiB free: a 7B model in fp32 does not fit
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: real.__class__(
+        **{**real.__dict__, "ram_total_gib": 8.0, "ram_available_gib": 4.0}))
+    big = default_config().replace(model="mistralai/Mistral-7B-Instruct-v0.3", precision="fp32", max_length=2048)
+    too_big = memory_check(big)
+    assert too_big.state == "too big" and too_big.verdict.startswith("Does not fit:")
+    assert not emoji.search(too_big.markdown())
+    refused = configure_tab.run_preflight(ctx, big)
+    assert refused.memory_state == "too big" and "mf-icon-warn" in refused.markdown()
+    assert not emoji.search(refused.markdown())
+
+
 # -- train tab -----------------------------------------------------------------------------------------
 def test_start_refuses_bad_config_and_records_nothing(ctx, tmp_path):
     cfg = default_config().replace(dataset=str(tmp_path / "missing.json"), lora_r=0)
