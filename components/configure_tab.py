@@ -296,7 +296,7 @@ def build(ctx: AppContext, initial: RunConfig | None = None) -> ConfigureTab:
                 "built-in demo model its name in about half a minute of training on a CPU (longer on a busy "
                 "machine). Under each field's name: what it does.",
                 elem_classes=["mf-help"])
-    with gr.Row(equal_height=True):
+    with gr.Row():  # not equal height: the button keeps a button's height (assets/style.css)
         preset = gr.Dropdown(choices=preset_names(), value=None, label="Preset",
                              info="Load a ready-made configuration", elem_id="cfg-preset", scale=4)
         # Disabled until a preset is chosen: loading "nothing" has no meaning (choosing one loads it too).

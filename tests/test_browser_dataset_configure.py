@@ -202,13 +202,33 @@ def test_bad_field_is_marked_with_one_message_and_no_traceback(page, served):
     _no_traceback(served)
 
 
+def _looks_like_a_button(page, tag: str) -> None:
+    """"Load preset" is a button of the tab's usual height (as "Check configuration"), level with
+    the preset box's field on a desktop, below it on a phone; not a grey box the dropdown's height."""
+    # Measured in one go: the page may still be laying out what is above (two reads could disagree).
+    button, normal, preset = page.evaluate("""['#btn-load-preset', '#btn-preflight', '#cfg-preset']
+        .map(s => document.querySelector(s).getBoundingClientRect().toJSON())""")
+    assert abs(button["height"] - normal["height"]) <= 2, (tag, button, normal)
+    if button["top"] < preset["bottom"]:  # beside the preset box: level with its field, inside its height
+        assert button["top"] > preset["top"] + preset["height"] / 2 and button["bottom"] <= preset["bottom"], (
+            tag, button, preset)
+
+
 @pytest.mark.timeout(300)
-def test_load_preset_needs_a_choice(page):
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["1280x800", "390x844"])
+def test_load_preset_needs_a_choice(page, size):
+    page.set_viewport_size(size)
+    tag = f"{size['width']}x{size['height']}"
     _tab(page, "configure")
     assert page.locator("#btn-load-preset").is_disabled()
+    _looks_like_a_button(page, tag)
+    page.locator("#btn-load-preset").scroll_into_view_if_needed()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"configure-load-preset-disabled-{tag}.png"))
     page.click("#cfg-preset input")
     page.click("ul[role='listbox'] li:has-text('identity-demo')")
     page.wait_for_function("!document.querySelector('#btn-load-preset').disabled", timeout=30_000)
+    _looks_like_a_button(page, tag)
 
 
 @pytest.mark.timeout(600)
