@@ -1,0 +1,77 @@
+"""The Models tab with a trained model, in a real headless Chromium: the export row on a phone
+leaves no empty block beside Export. Screenshots go to ``test-artifacts/screenshots/models-*``.
+
+Needs Debian's ``chromium`` and PyPI's ``playwright`` (see tests/test_browser.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.helpers import chromium, served_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def app(mf_home, demo_model, shared_data, tmp_path_factory):
+    """(url, services) of an app whose records hold one trained model with 12 held-out rows."""
+    from core.config import RunConfig
+
+    folder = tmp_path_factory.mktemp("models-tab")
+    data = folder / "alpaca48.json"
+    data.write_text(json.dumps(json.loads((shared_data / "alpaca_en_demo.json").read_text())[:48]))
+    with served_app(folder / "records.db") as (running, services):
+        run_id = services.jobs.submit(RunConfig(
+            model="demo", dataset=str(data), max_steps=2, batch_size=2, max_length=64, logging_steps=1,
+            save_steps=100, validation_split=0.25, learning_rate=1e-3, compare_after_training=False,
+            name="to-evaluate"))
+        assert services.jobs.wait(run_id, timeout=600) == "completed"
+        yield running.url, services
+
+
+def _open(browser, url: str, size: dict):
+    page = browser.new_page(viewport=size)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#tab-models-button", timeout=60_000)
+    page.click("#tab-models-button")
+    page.wait_for_selector("#btn-export", state="visible", timeout=60_000)  # the model is chosen
+    return page, errors
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["1280x800", "390x844"])
+def test_the_export_row_leaves_no_empty_block_beside_export(browser, app, size):
+    """On a phone the row wraps and Export starts its own line: it fills that line (at 140 px it
+    left the rest to the group's grey background, an empty block). On a desktop it stays beside
+    the format and quantization choices at its own width."""
+    page, errors = _open(browser, app[0], size)
+    tag = f"{size['width']}x{size['height']}"
+    page.locator("#btn-export").scroll_into_view_if_needed()
+    page.wait_for_timeout(400)  # let the radios lay out before the screenshot
+    button, choices, row = page.locator("#btn-export").evaluate("""e => [e, e.previousElementSibling, e.parentElement]
+        .map(x => x.getBoundingClientRect().toJSON())""")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"models-export-row-{tag}.png"), full_page=True)
+    if button["top"] >= choices["bottom"]:  # wrapped onto a line of its own
+        assert abs(button["width"] - row["width"]) <= 1, (tag, button, row)
+    else:
+        assert button["right"] >= row["right"] - 1 and button["width"] < row["width"] / 2, (tag, button, row)
+    assert size is PHONE or button["top"] < choices["bottom"], "on a desktop Export sits beside the choices"
+    page.close()
+    assert errors == []
