@@ -1,7 +1,8 @@
 """The Models tab's "Did the fine-tune help?" panel (issue 16): the latest base-vs-tuned evaluation
 of the chosen model (summary line, metrics side by side, the rows sortable by change, the
 predictions as a download), and a button to evaluate again, on the held-out rows or on an
-uploaded file (batch predictions), with progress and Stop. The evaluation is a task of the job
+uploaded file (batch predictions), with progress and Stop (the evaluation this page started, not
+another page's: the task id is per browser session). The evaluation is a task of the job
 manager (core.service.evaluate): it waits while a run trains, one thing on the device at a time.
 
 Handlers are plain functions of (ctx, ...) so tests call them without a browser; the evaluation
@@ -14,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.common import AppContext, guard, icon
+from components.common import AppContext, guard, icon, info
 from core.errors import ModelForgeError
 
 ROW_HEADERS = ["change", "prompt", "reference", "base answer", "tuned answer", "base score", "tuned score"]
@@ -94,6 +95,19 @@ def evaluate(ctx: AppContext, model_id: str, dataset: str | None = None, max_row
     return queue_evaluation(ctx.jobs, model_id, dataset=dataset or None, max_rows=max_rows or None)
 
 
+def stop_evaluation(ctx: AppContext, task_id: str | None) -> str:
+    """Stop the evaluation ``task_id`` (the one this page started; None: none) after its current
+    batch; what was done is kept. Returns what happened, in a sentence for the page.
+
+    Another page's evaluation is never reached: each browser session keeps its own task id.
+    """
+    if task_id and ctx.jobs.stop(task_id):
+        return "Stopping the evaluation after the current batch (what was done is kept)."
+    if task_id:
+        return "The evaluation this page started has already ended: nothing to stop."
+    return "No evaluation was started from this page: nothing to stop."
+
+
 def follow(ctx: AppContext, task_id: str, poll_s: float = 0.5):
     """Yield a status line for each change of the task, until it ends; the last item is
     ("finished" | "cancelled" | "failed", its event data)."""
@@ -140,9 +154,9 @@ def build(ctx: AppContext, choice: gr.Dropdown) -> None:
                             label="Rows: prompt, reference, base and tuned answers, scores", visible=False,
                             column_widths=["80px", "220px", "200px", "200px", "200px", "90px", "90px"])
         download = gr.File(label="Predictions (JSONL)", interactive=False, elem_id="eval-download", visible=False)
-    # The evaluation this panel started last (a job of the manager: it survives a closed page, and
-    # Stop reaches it from any page).
-    last = {"task": None}
+    # The evaluation this page started (per browser session: Stop on one page must not reach an
+    # evaluation another page started). It is a job of the manager: it outlives a closed page.
+    started = gr.State(None)
 
     def _shown(text, table, file):
         return text, gr.Dataframe(value=table or None, visible=bool(table)), gr.File(value=file, visible=bool(file))
@@ -151,28 +165,28 @@ def build(ctx: AppContext, choice: gr.Dropdown) -> None:
         return _shown(*show(ctx, model_id, how))
 
     def _evaluate(model_id, path, n):
-        last["task"] = task_id = evaluate(ctx, model_id, path, int(n or 0) or None)
-        yield f"{icon('wait')} queued", gr.skip(), gr.skip(), gr.skip()
+        task_id = evaluate(ctx, model_id, path, int(n or 0) or None)
+        # The first update stores the task id in this session's state, so Stop can reach it now.
+        yield f"{icon('wait')} queued", gr.skip(), gr.skip(), gr.skip(), task_id
         for kind, data in follow(ctx, task_id):
             if kind == "status":
-                yield data, gr.skip(), gr.skip(), gr.skip()
+                yield data, gr.skip(), gr.skip(), gr.skip(), gr.skip()
             elif kind == "failed":
                 raise ModelForgeError(data.get("message", "the evaluation failed"), data.get("hint", ""))
             else:
                 text, table, file = _shown(*show(ctx, model_id))
                 mark = f"{icon('pause')} stopped: " if kind == "cancelled" else f"{icon('ok')} "
                 if "summary" not in data:
-                    yield f"{icon('pause')} stopped before it started", gr.skip(), gr.skip(), gr.skip()
+                    yield f"{icon('pause')} stopped before it started", gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
                     yield (f"{mark}{data['summary']} ({data.get('limits', '')}; {data.get('seconds', 0):.0f} s)",
-                           text, table, file)
+                           text, table, file, gr.skip())
 
-    def _stop():
-        if last["task"] and ctx.jobs.stop(last["task"]):
-            gr.Info("Stopping the evaluation after the current batch (what was done is kept).")
+    def _stop(task_id):
+        info(stop_evaluation(ctx, task_id))
 
     choice.change(guard(_show), [choice, sort], [summary, rows, download], api_visibility="private")
     sort.change(guard(_show), [choice, sort], [summary, rows, download], api_visibility="private")
-    run.click(guard(_evaluate), [choice, upload, max_rows], [status, summary, rows, download],
+    run.click(guard(_evaluate), [choice, upload, max_rows], [status, summary, rows, download, started],
               api_visibility="private")
-    stop.click(guard(_stop), None, None, api_visibility="private", concurrency_limit=None)
+    stop.click(guard(_stop), started, None, api_visibility="private", concurrency_limit=None)

@@ -1,5 +1,10 @@
 """The Models tab with a trained model, in a real headless Chromium: the export row on a phone
-leaves no empty block beside Export. Screenshots go to ``test-artifacts/screenshots/models-*``.
+leaves no empty block beside Export, and the evaluation panel's Stop reaches the evaluation its
+own page started, never another page's (the task id is per browser session, not per app).
+
+The app is served in this process (tests.helpers.served_app), so a test can hold the real
+evaluation at its first batch (core.compare_eval._tick) while the pages act. Screenshots go to
+``test-artifacts/screenshots/models-*``.
 
 Needs Debian's ``chromium`` and PyPI's ``playwright`` (see tests/test_browser.py).
 """
@@ -7,6 +12,7 @@ Needs Debian's ``chromium`` and PyPI's ``playwright`` (see tests/test_browser.py
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +81,67 @@ def test_the_export_row_leaves_no_empty_block_beside_export(browser, app, size):
     assert size is PHONE or button["top"] < choices["bottom"], "on a desktop Export sits beside the choices"
     page.close()
     assert errors == []
+
+
+def _toast(page, text: str) -> None:
+    page.wait_for_function(f"[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes({text!r}))",
+                           timeout=60_000)
+
+
+def _ended(page) -> None:
+    """Wait for the panel's last line: "<summary> (<limits>; N s)" (the progress lines end otherwise)."""
+    page.wait_for_function("/\\d s\\)\\s*$/.test(document.querySelector('#eval-status').innerText)", timeout=120_000)
+
+
+@pytest.mark.timeout(900)
+def test_stop_reaches_the_evaluation_of_its_own_page_only(browser, app, monkeypatch):
+    import core.compare_eval as compare_eval
+
+    url, services = app
+    jobs = services.jobs
+    gate = {"held": threading.Event(), "release": threading.Event()}
+    tick = compare_eval._tick
+
+    def tick_then_hold(progress, done, total, what):  # the real evaluation, held after its first batch
+        tick(progress, done, total, what)
+        if not gate["held"].is_set():
+            gate["held"].set()
+            gate["release"].wait(300)
+
+    monkeypatch.setattr(compare_eval, "_tick", tick_then_hold)
+    mine, my_errors = _open(browser, url, DESKTOP)
+    other, other_errors = _open(browser, url, DESKTOP)
+    try:
+        # Another page's Stop, while this page's evaluation runs: it says there is none and stops nothing.
+        mine.click("#btn-evaluate")
+        assert gate["held"].wait(300)
+        task = jobs.busy
+        assert task and task.startswith("task-")
+        other.click("#btn-evaluate-stop")
+        _toast(other, "No evaluation was started from this page")
+        gate["release"].set()
+        assert jobs.wait(task, timeout=600) == "completed"
+        _ended(mine)
+        assert "stopped" not in mine.inner_text("#eval-status")
+
+        # This page's Stop reaches this page's evaluation.
+        gate["held"].clear()
+        gate["release"].clear()
+        mine.click("#btn-evaluate")
+        assert gate["held"].wait(300)
+        second = jobs.busy
+        assert second and second != task
+        mine.click("#btn-evaluate-stop")
+        _toast(mine, "Stopping the evaluation after the current batch")
+        gate["release"].set()
+        assert jobs.wait(second, timeout=600) == "cancelled"
+        _ended(mine)
+        assert "stopped: " in mine.inner_text("#eval-status")
+        # and pressed again once it has ended, it says so
+        mine.click("#btn-evaluate-stop")
+        _toast(mine, "has already ended: nothing to stop")
+    finally:
+        gate["release"].set()
+        mine.close()
+        other.close()
+    assert my_errors == [] and other_errors == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from components.common import AppContext
-from components.evaluation_panel import follow
+from components.evaluation_panel import follow, stop_evaluation
 from core.config import RunConfig
 from core.jobs import JobManager
 from core.service import evaluate
@@ -119,3 +119,20 @@ def test_a_run_queued_behind_an_evaluation_is_told_what_holds_the_device(trained
         release.set()
     assert jobs.wait(task, timeout=600) == "completed"
     assert jobs.wait(said["run_id"], timeout=600) == "completed"
+
+
+def test_stop_without_an_evaluation_of_this_page_says_so_and_stops_nothing(store):
+    """The panel's Stop gets this page's task id (None: it started none); it never reaches another."""
+    import threading
+
+    jobs = JobManager(store)
+    ctx = AppContext(store=store, jobs=jobs)
+    go = threading.Event()
+    others = jobs.submit_task(lambda stop, events: {"stopped": stop.is_set()} if go.wait(60) else {}, "another page's")
+    assert stop_evaluation(ctx, None) == "No evaluation was started from this page: nothing to stop."
+    go.set()
+    assert jobs.wait(others, timeout=60) == "completed"  # untouched by that Stop
+    assert "already ended" in stop_evaluation(ctx, others)
+    mine = jobs.submit_task(lambda stop, events: {"stopped": stop.wait(60)}, "this page's")
+    assert stop_evaluation(ctx, mine).startswith("Stopping the evaluation")
+    assert jobs.wait(mine, timeout=60) == "cancelled"
