@@ -328,7 +328,7 @@ def build(ctx: AppContext) -> ModelsTab:
         with gr.Group():
             gr.Markdown("**Export to GGUF / Ollama** — converted with llama.cpp's own tools, with an Ollama Modelfile, "
                         "and verified: llama.cpp answers the model's prompts and is compared with transformers.")
-            with gr.Row():
+            with gr.Row(elem_id="export-row"):  # laid out in assets/style.css (no grey block beside Export)
                 export_format = gr.Radio(["gguf", "lora-gguf", "merged"], value="gguf", label="Format",
                                          info="gguf: one file · lora-gguf: base + adapter · merged: transformers folder",
                                          elem_id="export-format")
