@@ -255,9 +255,8 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
         v.elapsed_s = (time.time() if run.status == "running" else events[-1].time) - started
     if run.status not in TERMINAL and events and events[-1].type in ("finished", "failed", "cancelled"):
         v.status = {"finished": "completed", "failed": "failed", "cancelled": "cancelled"}[events[-1].type]
-    waiting = ctx.jobs.waiting()
-    if run_id in waiting:
-        v.queue_position = waiting.index(run_id) + (1 if ctx.jobs.current else 0)
+    # Jobs ahead of it on the device, an evaluation too (waiting()/current list runs only).
+    v.queue_position = ctx.jobs.ahead(run_id)[0] or None
     v.log = v.log[-LOG_LINES:]
     v.resumable = _can_resume(ctx, run_id, v.status)
     return v
@@ -388,10 +387,11 @@ def resume_training(ctx: AppContext, run_id: str | None) -> dict:
     """
     if not run_id:
         raise ModelForgeError("no run chosen", "pick a stopped or interrupted run in the list")
-    busy = ctx.jobs.current
+    busy = ctx.jobs.busy  # a run or an evaluation
     ctx.jobs.resume(run_id)
     message = (f"Run {run_id} resumes from its last checkpoint." if not busy else
-               f"Run {run_id} will resume when {busy} ends (one run at a time per device).")
+               f"Run {run_id} will resume when the device is free: {ctx.jobs.holding(busy)} (one job at a "
+               "time per device).")
     return {"run_id": run_id, "queued": bool(busy), "message": message}
 
 

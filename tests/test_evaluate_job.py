@@ -111,6 +111,10 @@ def test_a_run_queued_behind_an_evaluation_is_told_what_holds_the_device(trained
         assert message.startswith(f"An evaluation of run {run_of_model} (to-evaluate, on its held-out rows) "
                                   "is running ("), message
         assert "/12 done)" in message and "task-" not in message and "Yours (" in message, message
+        # and its status counts the evaluation ahead of it
+        from components.train_tab import run_view
+
+        assert run_view(AppContext(store=store, jobs=jobs), said["run_id"]).queue_position == 1
         # the refusal of a full queue says the same
         jobs.max_queue = 1
         with pytest.raises(BusyError, match=f"an evaluation of run {run_of_model} .* is running"):
