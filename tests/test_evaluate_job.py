@@ -115,6 +115,19 @@ def test_a_run_queued_behind_an_evaluation_is_told_what_holds_the_device(trained
         from components.train_tab import run_view
 
         assert run_view(AppContext(store=store, jobs=jobs), said["run_id"]).queue_position == 1
+        # Resume says the same (a stopped run with a checkpoint; stopped again before it would train)
+        from pathlib import Path
+
+        from components.train_tab import resume_training
+        from core.run import create_run
+
+        _, stopped, run_dir = create_run(_config(small_alpaca, name="to-resume"), store)
+        (Path(run_dir) / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+        (Path(run_dir) / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text("{}")
+        store.finish_run(stopped, "cancelled", error="stopped by the user")
+        resumed = resume_training(AppContext(store=store, jobs=jobs), stopped)
+        assert resumed["queued"] and f"an evaluation of run {run_of_model}" in resumed["message"], resumed
+        assert jobs.stop(stopped)
         # the refusal of a full queue says the same
         jobs.max_queue = 1
         with pytest.raises(BusyError, match=f"an evaluation of run {run_of_model} .* is running"):
