@@ -278,13 +278,13 @@ class JobManager:
         self._configs.pop(run_id, None)
         self._stops.pop(run_id, None)
         self._tasks.discard(run_id)
-        self._what.pop(run_id, None)
         self._finished.append(run_id)
         while len(self._finished) > KEEP_FINISHED_LOGS:
             old = self._finished.pop(0)
             self._logs.pop(old, None)
             self._results.pop(old, None)
             self._done.pop(old, None)
+            self._what.pop(old, None)
 
     # -- controlling --------------------------------------------------------------------------------
     def stop(self, run_id: str) -> bool:
@@ -318,9 +318,12 @@ class JobManager:
         if job_id is None:
             return "nothing is running on this device"
         now = job_id == self._current
+        name = self._what.get(job_id, f"task {job_id}") if job_id.startswith("task-") else f"run {job_id}"
+        if not now and job_id not in self._waiting:  # asked a moment after it ended
+            return f"{name} has just ended"
         if not job_id.startswith("task-"):
-            return f"run {job_id} is training" if now else f"run {job_id} is about to train"
-        text = f"{self._what.get(job_id, f'task {job_id}')} is {'running' if now else 'about to start'}"
+            return f"{name} is training" if now else f"{name} is about to train"
+        text = f"{name} is {'running' if now else 'about to start'}"
         log_ = self._logs.get(job_id)
         last = next((e for e in reversed(log_.since(0)) if e.type == "progress"), None) if log_ else None
         if last is not None and last.total_steps:

@@ -195,6 +195,7 @@ def test_wait_returns_only_once_the_device_slot_is_free(store):
     for i in range(5):
         nxt = jobs.submit_task(lambda stop, events: {"i": i}, f"task {i}")
         assert jobs.wait(nxt, timeout=60) == "completed" and jobs.busy is None
+    assert jobs.holding(nxt) == "task 4 has just ended"  # a busy message asked a moment too late
 
 
 # -- the running app -----------------------------------------------------------------------------------
