@@ -51,8 +51,14 @@ def test_compile_auto_pays_only_on_long_runs():
     assert not demo.enabled and demo.reason.startswith("off (auto: run too short/small")
 
 
+def test_several_ddp_processes_compile():
+    """Measured (test_two_compiled_processes_train_like_one_eager_process): DDP + compile trains
+    right, so it is allowed; sharded engines (GPU-only) are not measured and fall back."""
+    assert _plan(RunConfig(compile="on", num_processes=2)).enabled
+
+
 @pytest.mark.parametrize("change, device, why", [
-    (dict(num_processes=2), "cpu", "several processes"),
+    (dict(num_processes=2, distributed="fsdp"), "cpu", "fsdp"),
     (dict(quantization="4bit"), "cpu", "quantised"),
     ({}, "mps", "Apple MPS"),
 ])
@@ -65,6 +71,30 @@ def test_compile_falls_back_without_a_compiler(monkeypatch):
     monkeypatch.setattr(speed.shutil, "which", lambda name: None)
     plan = _plan(RunConfig(compile="on"))
     assert not plan.enabled and "no C++ compiler" in plan.reason
+
+
+def test_compile_failures_are_told_from_other_errors():
+    """The engine trains eager only after a compile failure (inductor's, even wrapped in another
+    error), never after the run's own errors."""
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    try:
+        raise CppCompileError(["g++", "k.cpp"], "g++: broken")
+    except CppCompileError as inner:
+        failed = InductorError(inner, None)
+    assert speed.compile_failure(failed).startswith("InductorError: CppCompileError: C++ compile error")
+    wrapped = RuntimeError("in the trainer")
+    wrapped.__cause__ = failed
+    assert speed.compile_failure(wrapped).startswith("InductorError:")
+    assert speed.compile_failure(RuntimeError("CUDA out of memory")) == ""
+    assert speed.compile_failure(ValueError("bad value")) == ""
+
+
+def test_compile_can_change_when_resuming():
+    """A compiled checkpoint holds what an eager one does: `--resume RUN --compile off` is allowed."""
+    from app.main import RESUMABLE_FIELDS
+
+    assert "compile" in RESUMABLE_FIELDS and "learning_rate" not in RESUMABLE_FIELDS
 
 
 def test_compile_is_a_checked_choice():
