@@ -252,7 +252,9 @@ def test_two_compiled_processes_train_like_one_eager_process(tmp_path, store, de
     curves = {}
     for label, change in (("eager", dict(batch_size=4)),
                           ("compiled", dict(batch_size=2, num_processes=2, distributed="ddp", compile="on"))):
-        config = RunConfig(dataset=str(data), **{**TRAIN, "max_steps": 3}, name=f"ddp-{label}",
+        # Two steps: the second shows the first one's update was made of both ranks' gradients
+        # (each new batch shape recompiles at first: a minute a step on 2 cores).
+        config = RunConfig(dataset=str(data), **{**TRAIN, "max_steps": 2}, name=f"ddp-{label}",
                            compare_after_training=False, **change)
         config, run_id, run_dir = prepare_run(config, store)
         result = run_training(config, store, EventLog(run_id), run_id, run_dir)
@@ -260,7 +262,7 @@ def test_two_compiled_processes_train_like_one_eager_process(tmp_path, store, de
         curves[label] = _curves(store, run_id)
     messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
     assert any(m.startswith("torch.compile on (compile: on)") for m in messages), messages
-    assert len(curves["compiled"]["loss"]) == 3
+    assert len(curves["compiled"]["loss"]) == 2
     assert curves["compiled"]["loss"] == pytest.approx(curves["eager"]["loss"], abs=LOSS_TOL)
     assert curves["compiled"]["grad_norm"] == pytest.approx(curves["eager"]["grad_norm"], rel=GRAD_NORM_RTOL)
     _no_compile_prefix(run_dir / "model")
