@@ -90,11 +90,25 @@ def test_compile_failures_are_told_from_other_errors():
     assert speed.compile_failure(ValueError("bad value")) == ""
 
 
-def test_compile_can_change_when_resuming():
-    """A compiled checkpoint holds what an eager one does: `--resume RUN --compile off` is allowed."""
-    from app.main import RESUMABLE_FIELDS
+def test_a_compile_failure_after_trained_steps_ends_the_run_in_one_line():
+    """Before the first step the engine trains eager instead (test_a_broken_compiler_...); after steps
+    were trained, redoing them would log them twice: the run fails, saying how to go on."""
+    from types import SimpleNamespace
 
-    assert "compile" in RESUMABLE_FIELDS and "learning_rate" not in RESUMABLE_FIELDS
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    from core.engine import _compile_failed_first
+    from core.errors import TrainingError
+
+    failed = InductorError(CppCompileError(["g++"], "g++: broken"), None)
+    compiled = SimpleNamespace(compile_model=True)
+    assert _compile_failed_first(compiled, SimpleNamespace(steps_done=0, step=0), failed).startswith("InductorError")
+    assert _compile_failed_first(SimpleNamespace(compile_model=False), SimpleNamespace(steps_done=0), failed) == ""
+    assert _compile_failed_first(compiled, SimpleNamespace(steps_done=0), ValueError("x")) == ""
+    with pytest.raises(TrainingError) as info:
+        _compile_failed_first(compiled, SimpleNamespace(steps_done=3, step=7), failed)
+    assert info.value.message.startswith("torch.compile failed at step 7 (InductorError: ")
+    assert "--compile off" in info.value.hint and "\n" not in info.value.message
 
 
 def test_compile_is_a_checked_choice():
