@@ -71,7 +71,8 @@ class EventCallback(TrainerCallback):
         if self.compile_s and state.global_step < self.total:
             # The first step holds the compile: say so, or a minute without a step looks like a hang.
             self.events.emit("log", step=state.global_step, total_steps=self.total,
-                             message=f"compiling, ~{self.compile_s:.0f} s before the first step (torch.compile)",
+                             message=f"compiling, ~{self.compile_s:.0f} s before the first step (torch.compile; "
+                                     "the first batch of a new length compiles once more)",
                              compiling=round(self.compile_s))
 
     def on_step_end(self, args, state, control, **kwargs):

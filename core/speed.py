@@ -120,7 +120,9 @@ def compile_failure(exc: BaseException) -> str:
     seen = 0
     while exc is not None and seen < 8:
         if {c.__name__ for c in type(exc).__mro__} & _COMPILE_ERRORS:
-            text = " ".join(str(exc).split())[:240] or type(exc).__name__
+            # The first line says what failed; torch's advice on verbose stack traces follows it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            text = (lines[0] if lines else type(exc).__name__)[:240]
             return f"{type(exc).__name__}: {text}"
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return ""

@@ -322,8 +322,8 @@ def test_a_broken_compiler_falls_back_to_eager_saying_why(tmp_path, small_alpaca
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] == out["record"] == "completed" and out["model"], out
     failed = [m for m in out["logs"] if m.startswith("torch.compile failed before the first step (")]
-    assert len(failed) == 1 and "C++ compiler" in failed[0] and failed[0].endswith(
-        "training without it (eager), from the start"), out["logs"]
+    assert len(failed) == 1 and "C++ compiler" in failed[0] and "TORCHDYNAMO_VERBOSE" not in failed[0]
+    assert failed[0].endswith("training without it (eager), from the start"), out["logs"]
     assert any(m.startswith("torch.compile off (compile failed: ") for m in out["logs"])
     assert out["types"].count("started") == 1 and out["types"][-1] == "finished"
     assert out["types"].count("step") == 2  # each step once: nothing was trained before the failure
