@@ -1,8 +1,9 @@
 """Training speed settings: ``compile: auto|on|off`` (core/speed.py) and bf16 on a CPU, for real.
 
 The decision functions are arithmetic, tested on their inputs; the runs are real (the demo model,
-real SQLite, real trainer): bf16 weights train to fp32's loss, and a compiled run trains, says it
-compiles and reloads.
+real SQLite, real trainer): bf16 weights train to fp32's loss; compiled runs (packed and resumed
+compiled or eager, DPO/KTO/ORPO, two DDP processes with length grouping) log what eager runs log,
+save plain LoRA names and reload; a broken C++ compiler makes a run train eager, saying why.
 """
 
 from __future__ import annotations
@@ -141,25 +142,6 @@ def test_bf16_weights_on_a_cpu_train_to_the_fp32_loss(store, small_alpaca, demo_
     assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.01, losses
 
 
-@pytest.mark.slow
-def test_a_compiled_run_trains_says_so_and_reloads(store, small_alpaca, demo_model):
-    config, run_id, run_dir = prepare_run(_config(small_alpaca, compile="on", group_by_length=True,
-                                                  name="compiled"), store)
-    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
-    assert result.status == "completed", result.error
-    messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
-    assert any(m.startswith("torch.compile on (compile: on)") for m in messages), messages
-    assert any(m.startswith("compiling, ~") for m in messages), messages
-    assert len([p for p in store.metrics(run_id) if p.name == "loss"]) >= 4
-
-    from core.inference import load_model
-    from tests.helpers import assert_answers
-
-    lm = load_model(result_path := str(run_dir / "model"))
-    assert type(lm.model).__name__ == "PeftModelForCausalLM", result_path
-    assert_answers(lm, "Give three tips for staying healthy.", 4)
-
-
 def test_auto_compile_stays_off_for_the_demo_and_says_why(store, small_alpaca, demo_model):
     config, run_id, run_dir = prepare_run(_config(small_alpaca, max_steps=1, name="auto-compile"), store)
     result = run_training(config, store, EventLog(run_id), run_id, run_dir)
@@ -212,6 +194,7 @@ def test_a_compiled_packed_run_resumes_compiled_and_eager(store, small_alpaca, d
     messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
     assert [m.split(" (")[0] for m in messages if m.startswith("torch.compile")] == ["torch.compile on"] * 2 + [
         "torch.compile off"]
+    assert len([m for m in messages if m.startswith("compiling, ~")]) == 2  # the Train tab's "compiling, ~N s"
     _no_compile_prefix(run_dir / "model")
 
     from core.inference import load_model
@@ -254,8 +237,9 @@ def test_preference_strategies_compile_and_train_like_eager(strategy, store, dpo
 
 @pytest.mark.slow
 def test_two_compiled_processes_train_like_one_eager_process(tmp_path, store, demo_model):
-    """DDP + torch.compile on two CPU processes (gloo) follows one eager process with the same
-    effective batch step for step (tests/test_distributed.py's proof, compiled), and its model reloads."""
+    """DDP + torch.compile on two CPU processes (gloo), batches grouped by length (the default: two
+    batch lengths, so a recompile), follows one eager process with the same effective batch step
+    for step (tests/test_distributed.py's proof, compiled), and its model reloads."""
     import json
 
     from core.inference import load_model
@@ -273,6 +257,7 @@ def test_two_compiled_processes_train_like_one_eager_process(tmp_path, store, de
         config, run_id, run_dir = prepare_run(config, store)
         result = run_training(config, store, EventLog(run_id), run_id, run_dir)
         assert result.status == "completed", result.error
+        assert config.group_by_length and not config.packing
         curves[label] = _curves(store, run_id)
     messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
     assert any(m.startswith("torch.compile on (compile: on)") for m in messages), messages
