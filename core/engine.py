@@ -260,7 +260,8 @@ def _compile_failed_first(ctx: TrainContext, callback: Any, exc: BaseException) 
         from core.errors import TrainingError
 
         raise TrainingError(f"torch.compile failed at step {callback.step} ({why})",
-                            "resume the run with compile off (modelforge train --resume RUN_ID --compile off)") from exc
+                            "resume it with compile off from its last checkpoint (modelforge train --resume "
+                            "RUN_ID --compile off), or, with no checkpoint yet, start it again with compile: off") from exc
     return why
 
 
