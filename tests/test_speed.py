@@ -163,6 +163,19 @@ def _attempts(run_dir: Path) -> list[dict[int, float]]:
     return out
 
 
+def _graphs_compiled_during(run):
+    """Run ``run()`` and return how many graphs torch.compile (dynamo) captured meanwhile in this
+    process: proof that a run said to be compiled really was. Dynamo's in-memory code cache is
+    emptied first: an earlier test's compiled code could otherwise serve this run unseen."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    result = run()
+    return result, counters["stats"]["unique_graphs"]
+
+
 def _no_compile_prefix(folder: Path) -> None:
     """Saved weights carry the model's own names, not torch.compile's wrapper's (``_orig_mod.``):
     an eager run, `modelforge generate` and peft load them."""
@@ -179,8 +192,9 @@ def test_a_compiled_packed_run_resumes_compiled_and_eager(store, small_alpaca, d
     ones do), the checkpoint and the model hold plain LoRA names, and the model reloads."""
     config, run_id, run_dir = prepare_run(_config(small_alpaca, compile="on", packing=True, precision="fp32",
                                                   max_steps=2, save_steps=2, name="compiled-packed"), store)
-    result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+    result, graphs = _graphs_compiled_during(lambda: run_training(config, store, EventLog(run_id), run_id, run_dir))
     assert result.status == "completed", result.error
+    assert graphs > 0
     checkpoint = run_dir / "checkpoints" / "checkpoint-2"
     _no_compile_prefix(checkpoint)
     for compile_ in ("on", "off"):
@@ -222,8 +236,10 @@ def test_preference_strategies_compile_and_train_like_eager(strategy, store, dpo
         config, run_id, run_dir = prepare_run(_config(dpo_rows, strategy=strategy, compile=compile_, max_steps=2,
                                                       max_length=64, precision="fp32",
                                                       name=f"{strategy}-{compile_}"), store)
-        result = run_training(config, store, EventLog(run_id), run_id, run_dir)
+        result, graphs = _graphs_compiled_during(
+            lambda: run_training(config, store, EventLog(run_id), run_id, run_dir))
         assert result.status == "completed", result.error
+        assert (graphs > 0) == (compile_ == "on"), graphs
         messages = [e.data.get("message", "") for e in read_events(run_dir / "events.jsonl") if e.type == "log"]
         assert any(m.startswith(f"torch.compile {compile_} (compile: {compile_})") for m in messages), messages
         (losses[compile_],) = _attempts(run_dir)
