@@ -318,9 +318,12 @@ def cmd_train(args) -> int:
     return EXIT_FAULT if result.fault or (result.error or "").startswith(DISK_FULL) else EXIT_INPUT
 
 
-# What a resume may change: how long it trains and how it checkpoints and logs. Anything else
-# (model, data, LoRA, learning rate...) would make it another training than its checkpoint's.
-RESUMABLE_FIELDS = ("max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps", "eval_steps")
+# What a resume may change: how long it trains, how it checkpoints and logs, and whether it is
+# compiled (torch.compile changes the speed, not the training: a compiled checkpoint holds the
+# same weights and optimizer state as an eager one). Anything else (model, data, LoRA, learning
+# rate...) would make it another training than its checkpoint's.
+RESUMABLE_FIELDS = ("max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
+                    "compile")
 
 
 def resumed_config(args: argparse.Namespace, run: Any, checkpoint: str) -> RunConfig:

@@ -61,6 +61,7 @@ class RunView:
     validation_split: float = 0.0
     resumable: bool = False   # stopped/interrupted/failed with a checkpoint: Resume applies
     validation: str = ""  # the held-out choice in words ("validation: none (auto: 91 rows is too few...)")
+    compiling: str = ""  # "compiling, ~N s ..." until the first step: a minute without a step is no hang
     n_events: int = 0
     series: dict = field(default_factory=lambda: {"loss": [], "eval_loss": [], "learning_rate": [],
                                                   "tokens_per_second": []})
@@ -103,6 +104,8 @@ class RunView:
                f"<div class='mf-status-line'>{' · '.join(bits)}</div>"]
         if self.message and self.status == "queued":
             out.append(f"<div class='mf-status-msg'>{e(self.message)}</div>")
+        if self.compiling and self.status == "running":
+            out.append(f"<div class='mf-status-msg'>{e(self.compiling)}</div>")
         if self.error and self.status not in ("cancelled", "interrupted"):  # said once, below the card
             out.append(f"<div class='mf-status-error'>{e(self.error)}"
                        + (f"<br><b>Fix:</b> {e(self.hint)}" if self.hint else "") + "</div>")
@@ -248,6 +251,10 @@ def run_view(ctx: AppContext, run_id: str | None) -> RunView:
             v.message = d.get("message", "")
         elif ev.type == "log" and d.get("validation"):
             v.validation = d["validation"]
+        elif ev.type == "log" and d.get("compiling"):
+            v.compiling = d.get("message", "")
+        if ev.type in ("step", "finished", "failed", "cancelled") or (ev.type == "log" and d.get("compile_failed")):
+            v.compiling = ""  # the first step came (or the run ended, or it trains eager now)
         line = event_line(ev)
         if line:
             v.log.append(line)

@@ -57,6 +57,7 @@ class EventCallback(TrainerCallback):
         self.last_checkpoint: str | None = None
         self.nan_loss = False
         self.compile_s = 0.0  # expected torch.compile time before the first step (0: eager)
+        self.steps_done = 0  # steps finished in this attempt (a compile failure before any: train eager)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.total = state.max_steps
@@ -70,10 +71,13 @@ class EventCallback(TrainerCallback):
         if self.compile_s and state.global_step < self.total:
             # The first step holds the compile: say so, or a minute without a step looks like a hang.
             self.events.emit("log", step=state.global_step, total_steps=self.total,
-                             message=f"compiling, ~{self.compile_s:.0f} s before the first step (torch.compile)")
+                             message=f"compiling, ~{self.compile_s:.0f} s before the first step (torch.compile; "
+                                     "the first batch of a new length compiles once more)",
+                             compiling=round(self.compile_s))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step = state.global_step
+        self.steps_done += 1
         now = time.time()
         if _main(state) and now - self.last_beat > HEARTBEAT_EVERY_S:
             self.last_beat = now

@@ -126,7 +126,23 @@ def run_training(
     try:
         # setup -> train -> finish, with cleanup below whatever happens (torchtune's recipe shape).
         ctx, strategy, callback = _setup(config, store, events, run_id, run_dir, stop_event, resume_from)
-        metrics = strategy.train(ctx)
+        try:
+            metrics = strategy.train(ctx)
+        except Exception as exc:  # noqa: BLE001 - only a compile failure is handled here
+            why = _compile_failed_first(ctx, callback, exc)
+            if not why:
+                raise
+            # torch.compile could not compile the first step (a broken C++ compiler, an op
+            # inductor cannot lower): nothing was trained yet, so train the same run eager,
+            # from a freshly loaded model (the failed one may hold half-applied wrappers).
+            log.warning("run %s: torch.compile failed, training eager:\n%s", run_id, traceback.format_exc())
+            events.emit("log", message=f"torch.compile failed before the first step ({why}): training without "
+                                       "it (eager), from the start", compile_failed=why)
+            ctx = None
+            _release_memory()
+            ctx, strategy, callback = _setup(config, store, events, run_id, run_dir, stop_event, resume_from,
+                                             eager_because=f"compile failed: {why}")
+            metrics = strategy.train(ctx)
         return _finish(ctx, store, events, callback, metrics, started)
     except ModelForgeError as exc:
         log.error("run %s failed: %s", run_id, exc)
@@ -148,9 +164,11 @@ def run_training(
 
 
 def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str, run_dir: Path,
-           stop_event: threading.Event, resume_from: str | None) -> tuple[TrainContext, Any, Any]:
+           stop_event: threading.Event, resume_from: str | None,
+           eager_because: str = "") -> tuple[TrainContext, Any, Any]:
     """Everything before training: the provider (prepared first), the strategy, the model, the data,
-    the callbacks and the seed. Returns (context, strategy, the EventCallback).
+    the callbacks and the seed. Returns (context, strategy, the EventCallback). ``eager_because``:
+    train without torch.compile whatever the config says, for this reason (its compile failed).
 
     Raises:
         ModelForgeError: a plugin that is not available, a model that does not load, bad data.
@@ -194,7 +212,7 @@ def _setup(config: RunConfig, store: RecordStore, events: EventLog, run_id: str,
                        dtype=train_dtype(config, device), stop_event=stop_event, resume_from=resume_from,
                        adapter_applied=provider.applies_adapter)
     callback = EventCallback(events, store, run_id, stop_event)
-    plan = _compile_plan(ctx)
+    plan = _compile_plan(ctx, eager_because)
     ctx.compile_model = plan.enabled
     callback.compile_s = plan.compile_s
     events.emit("log", message=_precision_line(ctx))
@@ -227,6 +245,26 @@ def _train_tokens(config: RunConfig, rows: list[dict]) -> float:
     return examples * per_row
 
 
+def _compile_failed_first(ctx: TrainContext, callback: Any, exc: BaseException) -> str:
+    """Why torch.compile failed, when ``exc`` is a compile failure of a compiled run before it
+    finished a step in this attempt (so training eager from the same start loses nothing); ""
+    otherwise (the error is the run's, or steps were trained: then the run fails, saying so)."""
+    from core.speed import compile_failure
+
+    if not ctx.compile_model:
+        return ""
+    why = compile_failure(exc)
+    if why and callback.steps_done:
+        # A recompile later in the run (a new batch shape) failed: the run fails with a clear line;
+        # resuming with compile off continues from the last checkpoint.
+        from core.errors import TrainingError
+
+        raise TrainingError(f"torch.compile failed at step {callback.step} ({why})",
+                            "resume it with compile off from its last checkpoint (modelforge train --resume "
+                            "RUN_ID --compile off), or, with no checkpoint yet, start it again with compile: off") from exc
+    return why
+
+
 def _precision_line(ctx: TrainContext) -> str:
     """One line for the events: the precision, the device and torch's thread count, and on a CPU
     with precision auto why (the sentence `modelforge hardware` shows)."""
@@ -241,11 +279,14 @@ def _precision_line(ctx: TrainContext) -> str:
     return line
 
 
-def _compile_plan(ctx: TrainContext):
+def _compile_plan(ctx: TrainContext, eager_because: str = ""):
     """compile: auto|on|off for this run (core.speed), from the loaded model's size and the data."""
     import torch
 
-    from core.speed import compile_plan
+    from core.speed import CompilePlan, compile_plan
+
+    if eager_because:
+        return CompilePlan(False, f"off ({eager_because})")
 
     model_config = getattr(ctx.model, "config", None)
     return compile_plan(ctx.config, device=ctx.device, params=sum(p.numel() for p in ctx.model.parameters()),

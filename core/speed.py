@@ -4,7 +4,9 @@ Compiling makes every step faster but the first one much slower (inductor traces
 builds C++ kernels; with length grouping, batches of a new length compile once more before the
 shapes are made dynamic). ``auto`` compiles only when the run is long enough that the time won on
 its steps pays the compile time back with a margin; ``on`` compiles unless it cannot (then it
-says why and trains eager); ``off`` never compiles. Measured in benchmarks/cpu_speed.py
+says why and trains eager); ``off`` never compiles. A compile that fails when the first step
+runs (inductor's C++ compiler broken, say) is caught by the engine, which trains eager instead
+and says why (:func:`compile_failure`). Measured in benchmarks/cpu_speed.py
 (docs/benchmarks.md, "CPU training speed"); the figures are the constants below.
 
 No torch import here: the decision is arithmetic on the config, the device and the run's size,
@@ -56,8 +58,11 @@ def expected_compile_s(num_layers: int) -> float:
 
 def cannot_compile(config, device: str) -> str:
     """Why this run cannot use torch.compile here ("" when it can)."""
-    if getattr(config, "num_processes", 1) > 1:
-        return "several processes: each would compile its own copy, and DDP + compile is not tested here"
+    # Several processes (DDP) compile too: each compiles its own copy (the same compile time, paid
+    # at once), and two compiled CPU processes trained the exact loss and gradient-norm curve of
+    # one eager process (tests/test_speed.py). FSDP/DeepSpeed are GPU-only and not measured.
+    if getattr(config, "num_processes", 1) > 1 and getattr(config, "distributed", "ddp") != "ddp":
+        return f"{config.distributed}: torch.compile with sharded training is not tested here (DDP is)"
     if device == "mps":
         return "Apple MPS: torch.compile's MPS back-end is not reliable for training yet"
     if getattr(config, "quantization", "none") != "none":
@@ -102,3 +107,22 @@ def compile_plan(config, *, device: str, params: int, num_layers: int, train_tok
                                  f"compiling)", cost)
     return CompilePlan(False, f"off (auto: run too short/small to win back ~{cost:.0f} s of compiling: "
                               f"~{eager_s:.0f} s of training would save ~{won:.0f} s)")
+
+
+# What torch.compile raises when it cannot compile a graph: dynamo's and inductor's exceptions (a
+# broken or missing C++ compiler, a lowering it does not support). Named, not imported: no torch here.
+_COMPILE_ERRORS = {"TorchDynamoException", "BackendCompilerFailed", "InductorError", "CppCompileError"}
+
+
+def compile_failure(exc: BaseException) -> str:
+    """One line saying why torch.compile failed, when ``exc`` (or what caused it) is a compile
+    error; "" for any other exception (those are the run's own failures)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if {c.__name__ for c in type(exc).__mro__} & _COMPILE_ERRORS:
+            # The first line says what failed; torch's advice on verbose stack traces follows it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            text = (lines[0] if lines else type(exc).__name__)[:240]
+            return f"{type(exc).__name__}: {text}"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return ""

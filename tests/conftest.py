@@ -29,6 +29,9 @@ def mf_home(tmp_path_factory) -> Path:
     """One MODELFORGE_HOME for the session (the demo model is built once into its cache)."""
     home = tmp_path_factory.mktemp("mfhome")
     os.environ["MODELFORGE_HOME"] = str(home)
+    # torch.compile's kernels are cached per session, not in the machine's shared /tmp cache: a
+    # compiled test then really compiles (and a broken compiler really breaks it) on every run.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(home / "inductor-cache")
     os.environ.pop("MODELFORGE_DATABASE_URL", None)
     return home
 

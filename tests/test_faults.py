@@ -193,6 +193,12 @@ def test_resume_refuses_flags_it_cannot_honour(cli_home, capsys):
                          (["--config", "x.yaml"], "--config cannot")):
         code, out, err = _cli(capsys, "train", "--resume", run_id, *flags)
         assert code == 2 and words in err, (flags, err)
+    # Compiling changes the speed, not the training: a resume may turn it on or off.
+    from app.main import build_parser, resumed_config
+
+    args = build_parser().parse_args(["train", "--resume", run_id, "--compile", "off", "--max-steps", "6"])
+    resumed = resumed_config(args, store.get_run(run_id), str(run_dir / "checkpoints" / "checkpoint-2"))
+    assert (resumed.compile, resumed.max_steps, resumed.lora_r) == ("off", 6, config.lora_r)
     assert store.get_run(run_id).status == "cancelled" and store.get_run(run_id).config["max_steps"] == 4
 
 

@@ -282,6 +282,29 @@ def test_train_view_replays_events(ctx, tmp_path):
     assert any("eval at step 5" in line for line in view.log)
 
 
+def test_train_view_says_it_compiles_until_the_first_step(ctx, tmp_path):
+    """A compiled run's first step holds a minute of compiling: the status card says so (the
+    engine's own callback writes the event) until the first step is logged, so it is no hang."""
+    import threading
+    from types import SimpleNamespace
+
+    from core.callback import EventCallback
+    from core.events import EventLog
+
+    run = ctx.store.create_run("r", default_config().to_dict(), output_dir=str(tmp_path / "run"))
+    log = EventLog(run.id)
+    log.attach_file(tmp_path / "run" / "events.jsonl")
+    log.emit("started", name="r")
+    ctx.store.update_run(run.id, status="running")
+    callback = EventCallback(log, ctx.store, run.id, threading.Event())
+    callback.compile_s = 70.4
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=10, is_world_process_zero=True), None)
+    view = train_tab.run_view(ctx, run.id)
+    assert "compiling, ~70 s before the first step" in view.status_html()
+    log.emit("step", step=1, total_steps=10, loss=3.0)
+    assert "compiling" not in train_tab.run_view(ctx, run.id).status_html()
+
+
 def test_train_view_after_a_resume_draws_the_whole_run(ctx, tmp_path):
     """A resumed run's live events start at the resume; the curve still starts at step 1, the
     steps after the checkpoint it resumed from are not drawn twice, and the summary figures mean
