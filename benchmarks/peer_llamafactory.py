@@ -25,7 +25,9 @@ the per-repetition ratios are reported. Two comparisons:
 - matched batching and precision: LLaMA-Factory also given ``bf16: true`` (autocast, its trainable
   parameters cast to fp32), ``train_sampling_strategy: group_by_length`` and the same model saved in
   bf16 (it loads weights in the checkpoint's dtype; ModelForge casts the fp32 weights to bf16 on
-  load, the same values), so both train bf16 weights with fp32 adapters under bf16 autocast.
+  load, the same values), so both train bf16 weights with fp32 adapters under bf16 autocast; and
+  ``disable_gradient_checkpointing: true``: LLaMA-Factory checkpoints activations by default (less
+  memory, slower steps), ModelForge does not.
 
 Counted the same way in both (benchmarks/job_clock/sitecustomize.py, put on both processes'
 PYTHONPATH): a callback added to transformers' default callbacks stamps train begin and each
@@ -52,7 +54,7 @@ VENV = ROOT / "tmp" / "venv-llamafactory"
 PEER_GB = 2.2  # the venv's size on disk, measured (torch CPU included)
 CLOCK = ROOT / "benchmarks" / "job_clock"
 SIZES = {  # rows: the first rows of alpaca_en_demo (one epoch); reps: rounds of the three jobs
-    "quick": dict(rows=160, reps=3, timeout=1500),
+    "quick": dict(rows=160, reps=2, timeout=1500),
     "full": dict(rows=999, reps=5, timeout=5400),
 }
 JOBS = ("modelforge", "llamafactory defaults", "llamafactory matched")
@@ -194,7 +196,10 @@ def peer_config(s: dict, model_dir: Path, data: Path, out: Path, matched: bool) 
            "lr_scheduler_type": s["scheduler"], "warmup_steps": s["warmup"], "seed": s["seed"], "report_to": "none"}
     if matched:  # what ModelForge's defaults do on this CPU (see the module docstring); transformers
         # refuses bf16 without a GPU unless use_cpu is set (ModelForge sets it on a CPU too)
-        cfg.update(bf16=True, train_sampling_strategy="group_by_length", use_cpu=True)
+        cfg.update(bf16=True, train_sampling_strategy="group_by_length", use_cpu=True,
+                   # LLaMA-Factory turns gradient checkpointing on by default (on the model, not through
+                   # the trainer's argument), ModelForge off: memory for speed, not the batching compared
+                   disable_gradient_checkpointing=True)
     return cfg
 
 
@@ -264,7 +269,7 @@ def rounds(reps: int) -> list[list[str]]:
 # -- the parent ---------------------------------------------------------------------------------------------
 def skipped(mode: str) -> dict:
     names = ("whole job wall time, ModelForge / LLaMA-Factory, default settings each",
-             "whole job wall time, ModelForge / LLaMA-Factory, matched batching and precision")
+             "whole job wall time, ModelForge / LLaMA-Factory, matched batching and precision (and no gradient checkpointing)")
     return {"name": "peer_llamafactory", "title": "Peer: ModelForge vs LLaMA-Factory, the same job", "skipped": SKIPPED,
             "figures": [figure(n, "skipped", target="report the ratio", note=SKIPPED) for n in names],
             "notes": [SKIPPED]}
@@ -305,7 +310,8 @@ def summarise(runs: dict, install: dict, s: dict, size: dict, model_dir: Path) -
         a, b = first[mf]["args"], first[kind]["args"]
         out = [f"{k} {a.get(k)} vs {b.get(k)}" for k in check if not _same(a.get(k), b.get(k))]
         out += [f"{k} {first[mf].get(k)} vs {first[kind].get(k)}" for k in ("weights_dtype", "adapter_dtype",
-                "trainable_params", "total_steps", "sequences", "real_tokens", "torch_threads")
+                "model_gradient_checkpointing", "attention", "trainable_params", "total_steps", "sequences",
+                "real_tokens", "torch_threads")
                 if first[mf].get(k) != first[kind].get(k)]
         return out
 
@@ -317,7 +323,7 @@ def summarise(runs: dict, install: dict, s: dict, size: dict, model_dir: Path) -
         figure("whole job wall time, ModelForge / LLaMA-Factory, default settings each", rnd(_ratio(runs, mf, d, "wall_s")),
                target="report the ratio", note=f"below 1: ModelForge's job is faster; medians {med[mf]['wall_s']:.0f} s "
                f"vs {med[d]['wall_s']:.0f} s, process start to exit, adapter written"),
-        figure("whole job wall time, ModelForge / LLaMA-Factory, matched batching and precision",
+        figure("whole job wall time, ModelForge / LLaMA-Factory, matched batching and precision (and no gradient checkpointing)",
                rnd(_ratio(runs, mf, m, "wall_s")), target="report the ratio",
                note=f"medians {med[mf]['wall_s']:.0f} s vs {med[m]['wall_s']:.0f} s"),
         figure("training tokens/s, ModelForge / LLaMA-Factory, default settings each",
@@ -357,7 +363,8 @@ def summarise(runs: dict, install: dict, s: dict, size: dict, model_dir: Path) -
         "Defaults: with no bf16/fp16 flag LLaMA-Factory infers the compute dtype from GPU/NPU support only, so on a "
         "CPU it trains without autocast, its weights in the checkpoint's dtype (fp32 here; a bf16 hub checkpoint "
         "would give bf16 weights, unlike here), logging 'We recommend enable mixed precision training'; it packs "
-        "only when asked, batches at random and pads each batch to a multiple of 8 tokens. ModelForge: " + "; ".join(first[mf].get("said", [])) + ".",
+        "only when asked, batches at random, pads each batch to a multiple of 8 tokens and checkpoints activations "
+        "(gradient checkpointing, on the model). ModelForge: " + "; ".join(first[mf].get("said", [])) + ".",
         "Both save a checkpoint at the last step (transformers' end-of-training save with a steps save strategy) "
         "and the adapter; neither evaluates (ModelForge: validation_split 0, which also turns off its after-training "
         "comparison; its default holds out 5% once the data has 200 rows).",

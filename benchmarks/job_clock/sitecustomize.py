@@ -11,7 +11,8 @@ callback appended to its ``DEFAULT_CALLBACKS`` (every Trainer, trl's included, s
   the computed tokens (input_ids, padding included), the real tokens (attention_mask) and the
   supervised tokens (labels other than -100);
 - the trainer settings that must match, the weights' and the adapters' dtypes, the trainable
-  parameter count and torch's thread count.
+  parameter count, gradient checkpointing as set on the model, the attention implementation and
+  torch's thread count.
 
 It writes the file at train end. Without ``MF_JOB_CLOCK`` it does nothing. Only the standard
 library is imported here: the job's own start-up is what is being timed.
@@ -61,6 +62,11 @@ class JobClock:
             self.out["weights_dtype"] = str(base.dtype).replace("torch.", "") if base is not None else None
             self.out["adapter_dtype"] = str(lora.dtype).replace("torch.", "") if lora is not None else None
             self.out["trainable_params"] = sum(p.numel() for _, p in params if p.requires_grad)
+            # set on the model by the program itself (LLaMA-Factory does), not only through the args
+            self.out["model_gradient_checkpointing"] = any(getattr(m, "gradient_checkpointing", False) is True
+                                                           for m in model.modules())
+            config = getattr(model, "config", None)
+            self.out["attention"] = getattr(config, "_attn_implementation", None)
             model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs):
