@@ -12,8 +12,10 @@ updates those benchmarks in an existing results.json; ``--render`` only rewrites
 
 Each figure is a ratio or a fraction of two things measured side by side in the same run,
 alternated over repetitions (medians reported), because a shared machine is noisy. Models and
-data are built offline; nothing is downloaded. Exit status: 0 when every benchmark ran (whether
-or not its target was met), 1 when one failed to run.
+data are built offline; nothing is downloaded, except that ``peer_llamafactory`` pip-installs
+LLaMA-Factory into ``tmp/venv-llamafactory`` on its first ``--quick``/``--full`` run (``--smoke``
+skips it; offline it says so in one line). Exit status: 0 when every benchmark ran (whether or
+not its target was met), 1 when one failed to run.
 """
 
 from __future__ import annotations
