@@ -39,6 +39,7 @@ time is start-up, data preparation and saving.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -241,12 +242,14 @@ def run_job(kind: str, s: dict, model_dir: Path, data: Path, folder: Path, timeo
     steps = {int(k): v for k, v in c.pop("t_step_end").items()}
     losses = {int(k): v for k, v in c.pop("loss").items()}
     train_s = steps[max(steps)] - c["t_train_begin"]
+    logged = {k: v for k, v in losses.items() if k % s["logging_steps"] == 0}
     res = {**c, "wall_s": wall, "train_s": train_s, "outside_s": wall - train_s,
            "tokens_per_s": c["real_tokens"] / train_s,
            "real_fraction": c["real_tokens"] / max(c["computed_tokens"], 1),
-           # mean over the same logging steps in both (ModelForge also logs step 1: left out)
-           "mean_loss": _mean(v for k, v in losses.items() if k % s["logging_steps"] == 0),
-           "final_loss": losses.get(max(steps)), "checkpoints": len(list(out.rglob("checkpoint-*")))}
+           # over the steps both log (ModelForge also logs step 1, LLaMA-Factory not the last step unless
+           # it is a multiple of logging_steps): the mean, and the last such step's loss
+           "mean_loss": _mean(v for k, v in logged.items()), "final_loss": logged[max(logged)] if logged else None,
+           "losses": losses, "checkpoints": len(list(out.rglob("checkpoint-*")))}
     if kind == "modelforge":  # its own words for what auto chose
         events = next(out.rglob("events.jsonl")).read_text().splitlines()
         msgs = [json.loads(e)["data"].get("message", "") for e in events if '"log"' in e]
@@ -343,8 +346,9 @@ def summarise(runs: dict, install: dict, s: dict, size: dict, model_dir: Path) -
                note="padding: random batches pad to their longest row; LLaMA-Factory also pads to a multiple of 8"),
         figure("mean logged train loss, ModelForge vs LLaMA-Factory matched",
                f"{med[mf]['mean_loss']:.4f} vs {med[m]['mean_loss']:.4f} ({loss_gap:.2%})",
-               note=f"defaults (fp32, random batches): {med[d]['mean_loss']:.4f}; final logged loss "
-                    f"{med[mf]['final_loss']:.4f} / {med[d]['final_loss']:.4f} / {med[m]['final_loss']:.4f}"),
+               note=f"mean over the steps both log; defaults (fp32, random batches): {med[d]['mean_loss']:.4f}"
+                    + ("" if math.isnan(med[mf]["final_loss"]) else f"; loss at the last step both log: "
+                       f"{med[mf]['final_loss']:.4f} / {med[d]['final_loss']:.4f} / {med[m]['final_loss']:.4f}")),
         figure("the same job in all three (steps, examples, real tokens, LoRA parameters, threads)", not same_job,
                note=f"differ: {same_job}" if same_job else
                f"{first[mf]['total_steps']} steps, {first[mf]['sequences']} examples, {first[mf]['real_tokens']} real "
