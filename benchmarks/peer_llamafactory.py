@@ -320,7 +320,7 @@ def summarise(runs: dict, install: dict, s: dict, size: dict, model_dir: Path) -
         out = [f"{k} {a.get(k)} vs {b.get(k)}" for k in check if not _same(a.get(k), b.get(k))]
         out += [f"{k} {first[mf].get(k)} vs {first[kind].get(k)}" for k in ("weights_dtype", "adapter_dtype",
                 "model_gradient_checkpointing", "attention", "trainable_params", "total_steps", "sequences",
-                "real_tokens", "torch_threads")
+                "real_tokens", "torch_threads", "nice")
                 if first[mf].get(k) != first[kind].get(k)]
         return out
 
@@ -383,6 +383,10 @@ def summarise(runs: dict, install: dict, s: dict, size: dict, model_dir: Path) -
         "transformers'); the batches differ (ModelForge shuffles rows by seed before length grouping, LLaMA-Factory "
         "samples from the file's order) and so do the adapters' random starts, so the losses agree to noise, not to "
         "the digit.",
+        "Noise: training-loop seconds per round: " + "; ".join(
+            f"{k} " + ", ".join(f"{x['train_s']:.0f}" for x in runs[k]) for k in JOBS)
+        + f" ({size['reps']} rounds). On a busy machine a ratio moves by as much as these spreads: rerun with "
+          "--full (999 rows, 5 rounds) on a quiet one before relying on a difference of a few tens of per cent.",
     ]
     table = [{"round": i + 1, "job": k, "whole job s": rnd(x["wall_s"], 1), "training loop s": rnd(x["train_s"], 1),
               "real tokens/s": rnd(x["tokens_per_s"], 1), "real / computed": rnd(x["real_fraction"]),

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 
 _TARGET = "transformers.trainer"
@@ -55,6 +56,9 @@ class JobClock:
                             else getattr(args, k) for k in _ARGS}
         self.out["total_steps"] = state.max_steps
         self.out["torch_threads"] = torch.get_num_threads()
+        # CPU priority of the training thread: a program that lowers it trains slower on a busy machine
+        self.out["nice"] = (os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+                            if hasattr(os, "getpriority") else None)
         if model is not None:
             params = list(model.named_parameters())
             base = next((p for n, p in params if not p.requires_grad and p.dim() == 2), None)
