@@ -55,7 +55,7 @@ VENV = ROOT / "tmp" / "venv-llamafactory"
 PEER_GB = 2.2  # the venv's size on disk, measured (torch CPU included)
 CLOCK = ROOT / "benchmarks" / "job_clock"
 SIZES = {  # rows: the first rows of alpaca_en_demo (one epoch); reps: rounds of the three jobs
-    "quick": dict(rows=96, reps=2, timeout=1500),
+    "quick": dict(rows=160, reps=3, timeout=1500),
     "full": dict(rows=999, reps=5, timeout=5400),
 }
 JOBS = ("modelforge", "llamafactory defaults", "llamafactory matched")
