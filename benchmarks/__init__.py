@@ -33,6 +33,11 @@ OFFLINE_ENV = {
 MODES = ("smoke", "quick", "full")
 
 
+class Unavailable(Exception):
+    """A benchmark cannot run on this machine (a peer that cannot be installed, say): its one-line
+    message is the result, not a traceback. It counts as not run (benchmarks.run exits 1)."""
+
+
 def setup_env() -> None:
     """Offline, quiet, and this checkout first on sys.path (set before the HF stack is imported)."""
     for k, v in OFFLINE_ENV.items():

@@ -12,8 +12,10 @@ updates those benchmarks in an existing results.json; ``--render`` only rewrites
 
 Each figure is a ratio or a fraction of two things measured side by side in the same run,
 alternated over repetitions (medians reported), because a shared machine is noisy. Models and
-data are built offline; nothing is downloaded. Exit status: 0 when every benchmark ran (whether
-or not its target was met), 1 when one failed to run.
+data are built offline; nothing is downloaded, except that ``peer_llamafactory`` pip-installs
+LLaMA-Factory into ``tmp/venv-llamafactory`` on its first ``--quick``/``--full`` run (``--smoke``
+skips it; offline it says so in one line). Exit status: 0 when every benchmark ran (whether or
+not its target was met), 1 when one failed to run.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import ROOT, machine, setup_env, versions
+from benchmarks import ROOT, Unavailable, machine, setup_env, versions
 
 ORDER = ("validation_throughput", "cold_start", "generation", "useful_compute", "engine_overhead", "cpu_speed",
-         "ui_load")
+         "ui_load", "peer_llamafactory")
 RESULTS = ROOT / "benchmarks" / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 GPU_DOC = ROOT / "benchmarks" / "gpu_check.md"
@@ -170,6 +172,8 @@ def markdown(doc: dict, images: dict[str, str], image_dir: str) -> str:
         if table:
             keys = list(table[0])
             lines += _table(keys, [[_cell(r.get(k)) for k in keys] for r in table]) + [""]
+        if res.get("notes"):
+            lines += [f"- {n}" for n in res["notes"]] + [""]
         if name in images:
             lines += [f"![{res.get('title', name)}]({image_dir}/{images[name]})", ""]
     # The GPU check runs on a lent GPU machine, not in this suite: its write-up is kept beside it.
@@ -255,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         t_bench = time.time()
         try:
             res = _load(name).run(mode_name, work)
+        except Unavailable as exc:  # cannot run here (e.g. a peer that cannot be installed): say why in one line
+            failed = True
+            res = {"name": name, "error": str(exc)}
+            print(f"    did not run: {exc}", file=sys.stderr)
         except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others' figures
             failed = True
             res = {"name": name, "error": traceback.format_exc()}
