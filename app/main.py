@@ -676,6 +676,17 @@ COMMANDS = {"train": cmd_train, "validate": cmd_validate, "generate": cmd_genera
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``modelforge`` command; ``argv`` None means this process is the command (its exit is
+    then made quick, app/startup_gc.py), a list means a caller runs it in its own process."""
+    code = _main(argv)
+    if argv is None:
+        from app import startup_gc
+
+        startup_gc.before_exit()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     _quiet_libraries()
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv

@@ -8,6 +8,11 @@ collection (~0.1-0.2 s before the page was sent). So collection is paused during
 what start-up built is frozen (``gc.freeze``: never scanned again, it is never garbage) and
 collection resumes for everything that follows. Reference counting frees ordinary garbage all
 along; only cycles wait.
+
+The same scan costs at exit: a command that imported torch/transformers/trl spends ~1.6 s of its
+exit (2 cores) in the interpreter's final collection of a heap that is about to be discarded
+anyway, so :func:`before_exit` freezes it first (measured: 1.68 s -> 0.17 s from the last line
+printed to the process's end). atexit handlers and reference counting still run as usual.
 """
 
 from __future__ import annotations
@@ -25,3 +30,10 @@ def resume() -> None:
     if not gc.isenabled():
         gc.freeze()
         gc.enable()
+
+
+def before_exit() -> None:
+    """Skip the final cyclic collection of a process that is about to exit (only the program's
+    own entry point calls this, never code running inside another process such as a test)."""
+    gc.disable()
+    gc.freeze()

@@ -181,3 +181,23 @@ def test_startup_gc_pause_then_resume_freezes_the_start_up_heap_and_collects_aga
     finally:
         gc.enable()
         gc.unfreeze()  # this test process's heap goes back to normal collection
+
+
+def test_quick_exit_only_when_the_process_is_the_command(monkeypatch, tmp_path):
+    """`modelforge ...` (argv None) skips the final collection at exit (app/startup_gc.before_exit);
+    main([...]) called inside another process (a test, a script) leaves its collector alone."""
+    import gc
+
+    from app import main as cli
+
+    monkeypatch.setenv("MODELFORGE_HOME", str(tmp_path / "home"))
+    before = gc.get_freeze_count()
+    try:
+        assert cli.main(["hardware", "--json"]) == 0
+        assert gc.isenabled() and gc.get_freeze_count() == before
+        monkeypatch.setattr(sys, "argv", ["modelforge", "hardware", "--json"])
+        assert cli.main() == 0
+        assert not gc.isenabled() and gc.get_freeze_count() > before
+    finally:
+        gc.enable()
+        gc.unfreeze()
