@@ -39,4 +39,4 @@ EOF
 
 export MODELFORGE_UNSLOTH_CPU=1          # no GPU in CI: use unsloth's CPU fallback (see core/providers/unsloth.py)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
-python -m pytest tests/test_unsloth.py -rs   # last: its summary line closes the log
+python -m pytest -n 0 tests/test_unsloth.py -rs   # last: its summary line closes the log

@@ -24,6 +24,19 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 
+# The files that take longest (seconds of one serial run on 2 cores), started first: with two
+# workers (pyproject.toml's addopts) a long file started last would run on alone at the end.
+LONGEST_FIRST = ("test_speed.py", "test_benchmarks.py", "test_export.py", "test_cli.py", "test_unsloth.py",
+                 "test_browser_states.py", "test_browser.py", "test_distributed.py", "test_compare_eval.py",
+                 "test_concurrency.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (a stable sort: within a file, and for every other file, the order stays)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def mf_home(tmp_path_factory) -> Path:
     """One MODELFORGE_HOME for the session (the demo model is built once into its cache)."""

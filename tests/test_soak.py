@@ -3,7 +3,7 @@ status and upload malformed files, then check that nothing went wrong and nothin
 
 Not in the default suite (pyproject's addopts deselects the ``soak`` marker). Run it with::
 
-    MODELFORGE_SOAK_MINUTES=10 python -m pytest -m soak tests/test_soak.py -s
+    MODELFORGE_SOAK_MINUTES=10 python -m pytest -m soak -n 0 tests/test_soak.py -s
 
 One process holds the app and the trainer, as ``modelforge ui`` does. Through gradio_client:
 a driver starts short runs on the demo model one after another (every third one is stopped
