@@ -82,3 +82,12 @@ def small_alpaca(tmp_path, shared_data) -> Path:
     path = tmp_path / "alpaca48.json"
     path.write_text(json.dumps(rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium (tests.helpers.chromium), one per browser test file."""
+    from tests.helpers import chromium
+
+    with chromium() as b:
+        yield b

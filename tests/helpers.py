@@ -44,6 +44,12 @@ def assert_answers(lm: Any, prompt: Any, max_new_tokens: int = 4, answer: Any = 
     return first
 
 
+# Where the browser tests leave their screenshots (looked at by people, not compared), and the two
+# window sizes every tab is checked at: a laptop and a phone.
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 

@@ -12,21 +12,11 @@ download). Skipped with the reason when Chromium is missing, unless MODELFORGE_R
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-from tests.helpers import chromium, served_app
+from tests.helpers import SHOTS, served_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,13 @@ this copies). Screenshot: ``test-artifacts/screenshots/runs-side-by-side.png``.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from core.config import RunConfig
-from tests.helpers import chromium, served_app
+from tests.helpers import SHOTS, served_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -18,22 +18,15 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.helpers import chromium, served_app
+from tests.helpers import SHOTS, served_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 TABS = ("dataset", "hardware", "configure", "train", "models", "playground")
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 # Emoji and pictographs: boxes on a machine without an emoji font (what the issue saw).
 EMOJI = re.compile("[\U0001F000-\U0001FFFF\u2600-\u27BF\u2B00-\u2BFF\u2460-\u24FF\uFE0F]")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 class _Records(logging.Handler):
